@@ -1,0 +1,284 @@
+//! The pod cache both controllers share, with the pod→NAD index.
+//!
+//! Pure state: fed watcher events, it answers "which pods use NAD x" and
+//! "which pods are in namespace n" without scanning, and tells the caller
+//! which NADs' user sets an event changed, so a pod change costs
+//! O(references of that pod).
+
+use crate::model::{ObjectKey, PodView};
+use crate::protection::decide::nads_in_use;
+use kube::runtime::watcher;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// One pod's before and after; `None` when it did not exist.
+#[derive(Clone, Debug)]
+pub struct PodChange {
+    pub old: Option<Arc<PodView>>,
+    pub new: Option<Arc<PodView>>,
+}
+
+impl PodChange {
+    /// NADs whose set of users this change altered.
+    pub fn touched_nads(&self) -> BTreeSet<ObjectKey> {
+        let old: BTreeSet<&ObjectKey> = self
+            .old
+            .as_deref()
+            .map(nads_in_use)
+            .unwrap_or_default()
+            .iter()
+            .collect();
+        let new: BTreeSet<&ObjectKey> = self
+            .new
+            .as_deref()
+            .map(nads_in_use)
+            .unwrap_or_default()
+            .iter()
+            .collect();
+        old.symmetric_difference(&new)
+            .map(|k| (*k).clone())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+pub struct PodIndex {
+    by_namespace: HashMap<String, HashMap<String, Arc<PodView>>>,
+    users: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    len: usize,
+    /// Pods of a re-list in progress; swapped in whole at InitDone.
+    relist: Option<Vec<Arc<PodView>>>,
+    synced: bool,
+}
+
+impl PodIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one watcher event, returning the pods that changed. A re-list
+    /// (Init, InitApply…, InitDone) is buffered and applied at InitDone as
+    /// the difference from the previous state, so pods deleted while the
+    /// watch was down are noticed.
+    pub fn apply_watcher_event(&mut self, event: watcher::Event<PodView>) -> Vec<PodChange> {
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(Vec::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(pod) => {
+                self.relist.get_or_insert_with(Vec::new).push(Arc::new(pod));
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                self.synced = true;
+                let listed = self.relist.take().unwrap_or_default();
+                self.replace_all(listed)
+            }
+            watcher::Event::Apply(pod) => self.upsert(pod).into_iter().collect(),
+            watcher::Event::Delete(pod) => self.remove(&pod.key).into_iter().collect(),
+        }
+    }
+
+    /// True once the first full list has been applied.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Inserts or replaces a pod; None when nothing changed.
+    pub fn upsert(&mut self, pod: PodView) -> Option<PodChange> {
+        let pod = Arc::new(pod);
+        let slot = self
+            .by_namespace
+            .entry(pod.key.namespace.clone())
+            .or_default();
+        let old = slot.insert(pod.key.name.clone(), pod.clone());
+        if old.is_none() {
+            self.len += 1;
+        }
+        if old.as_deref() == Some(&*pod) {
+            return None;
+        }
+        if let Some(old) = &old {
+            self.unlink(old);
+        }
+        self.link(&pod);
+        Some(PodChange {
+            old,
+            new: Some(pod),
+        })
+    }
+
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<PodChange> {
+        let slot = self.by_namespace.get_mut(&key.namespace)?;
+        let old = slot.remove(&key.name)?;
+        if slot.is_empty() {
+            self.by_namespace.remove(&key.namespace);
+        }
+        self.len -= 1;
+        self.unlink(&old);
+        Some(PodChange {
+            old: Some(old),
+            new: None,
+        })
+    }
+
+    fn replace_all(&mut self, listed: Vec<Arc<PodView>>) -> Vec<PodChange> {
+        let mut seen: HashMap<ObjectKey, ()> = HashMap::with_capacity(listed.len());
+        let mut changes = Vec::new();
+        for pod in listed {
+            seen.insert(pod.key.clone(), ());
+            changes.extend(self.upsert(Arc::unwrap_or_clone(pod)));
+        }
+        let gone: Vec<ObjectKey> = self
+            .by_namespace
+            .values()
+            .flat_map(|pods| pods.values())
+            .filter(|p| !seen.contains_key(&p.key))
+            .map(|p| p.key.clone())
+            .collect();
+        changes.extend(gone.iter().filter_map(|k| self.remove(k)));
+        changes
+    }
+
+    fn link(&mut self, pod: &PodView) {
+        for nad in nads_in_use(pod) {
+            self.users
+                .entry(nad.clone())
+                .or_default()
+                .insert(pod.key.clone());
+        }
+    }
+
+    fn unlink(&mut self, pod: &PodView) {
+        for nad in nads_in_use(pod) {
+            if let Some(set) = self.users.get_mut(nad) {
+                set.remove(&pod.key);
+                if set.is_empty() {
+                    self.users.remove(nad);
+                }
+            }
+        }
+    }
+
+    /// Pods that use `nad`, sorted.
+    pub fn users(&self, nad: &ObjectKey) -> Vec<ObjectKey> {
+        self.users
+            .get(nad)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<PodView>> {
+        self.by_namespace
+            .get(&key.namespace)?
+            .get(&key.name)
+            .cloned()
+    }
+
+    pub fn pods_in_namespace<'a>(
+        &'a self,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Arc<PodView>> + 'a {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flat_map(|pods| pods.values())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every NAD some pod uses (for metrics and `plan`).
+    pub fn used_nads(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.users.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodLite;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, networks: &str, phase: &str) -> PodView {
+        let lite: PodLite = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"),
+                         "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
+            "status": {"phase": phase}
+        }))
+        .unwrap();
+        PodView::new(lite, "kube-system")
+    }
+
+    fn nad(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey::new(ns, name)
+    }
+
+    #[test]
+    fn indexes_users_across_namespaces() {
+        let mut idx = PodIndex::new();
+        idx.upsert(pod("a", "p1", "net", "Running"));
+        idx.upsert(pod("b", "p2", "a/net", "Running"));
+        idx.upsert(pod("b", "p3", "net", "Running"));
+        assert_eq!(
+            idx.users(&nad("a", "net")),
+            vec![nad("a", "p1"), nad("b", "p2")]
+        );
+        assert_eq!(idx.users(&nad("b", "net")), vec![nad("b", "p3")]);
+        assert_eq!(idx.len(), 3);
+    }
+
+    #[test]
+    fn a_change_touches_only_the_nads_whose_users_changed() {
+        let mut idx = PodIndex::new();
+        let c = idx.upsert(pod("a", "p", "n1,n2", "Running")).unwrap();
+        assert_eq!(c.touched_nads(), [nad("a", "n1"), nad("a", "n2")].into());
+        let c = idx.upsert(pod("a", "p", "n2,n3", "Running")).unwrap();
+        assert_eq!(c.touched_nads(), [nad("a", "n1"), nad("a", "n3")].into());
+        assert!(
+            idx.upsert(pod("a", "p", "n2,n3", "Running")).is_none(),
+            "no-op upsert"
+        );
+        let c = idx.upsert(pod("a", "p", "n2,n3", "Succeeded")).unwrap();
+        assert_eq!(c.touched_nads(), [nad("a", "n2"), nad("a", "n3")].into());
+        assert!(idx.users(&nad("a", "n2")).is_empty());
+    }
+
+    #[test]
+    fn delete_releases_the_pods_references() {
+        let mut idx = PodIndex::new();
+        idx.upsert(pod("a", "p", "n1", "Running"));
+        let c = idx.remove(&nad("a", "p")).unwrap();
+        assert_eq!(c.touched_nads(), [nad("a", "n1")].into());
+        assert!(idx.users(&nad("a", "n1")).is_empty());
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn a_relist_notices_pods_deleted_while_the_watch_was_down() {
+        let mut idx = PodIndex::new();
+        idx.apply_watcher_event(watcher::Event::Init);
+        idx.apply_watcher_event(watcher::Event::InitApply(pod("a", "p1", "n1", "Running")));
+        idx.apply_watcher_event(watcher::Event::InitApply(pod("a", "p2", "n2", "Running")));
+        assert!(!idx.is_synced());
+        let first = idx.apply_watcher_event(watcher::Event::InitDone);
+        assert_eq!(first.len(), 2);
+        assert!(idx.is_synced());
+
+        idx.apply_watcher_event(watcher::Event::Init);
+        idx.apply_watcher_event(watcher::Event::InitApply(pod("a", "p1", "n1", "Running")));
+        // p2 not seen during the re-list, and the old state holds until InitDone
+        assert_eq!(idx.users(&nad("a", "n2")), vec![nad("a", "p2")]);
+        let changes = idx.apply_watcher_event(watcher::Event::InitDone);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].touched_nads(), [nad("a", "n2")].into());
+        assert!(idx.users(&nad("a", "n2")).is_empty());
+        assert_eq!(idx.users(&nad("a", "n1")), vec![nad("a", "p1")]);
+    }
+}

@@ -1,0 +1,59 @@
+//! k8s-net-attach-def-controller: keeps in-use NetworkAttachmentDefinitions
+//! from disappearing, and publishes pods' secondary-network addresses as
+//! EndpointSlices of the Services that ask for them.
+//!
+//! Layout: `multus`, `model`, `index` and the `decide`/`intent`/`desired`/
+//! `slices` modules are pure; `protection::controller`,
+//! `endpoints::controller`, `release` and `runtime` do the IO; `plan` runs
+//! the pure code over YAML snapshots.
+
+pub mod endpoints;
+pub mod index;
+pub mod model;
+pub mod multus;
+pub mod names;
+pub mod protection;
+
+/// Errors of the IO shell; each names the object and the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{step} {object}: {source}")]
+    Kube {
+        step: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the cache is older than our last write to {0}; retrying shortly")]
+    StaleCache(String),
+}
+
+impl Error {
+    pub fn kube(step: &'static str, object: impl ToString) -> impl FnOnce(kube::Error) -> Error {
+        let object = object.to_string();
+        move |source| Error::Kube {
+            step,
+            object,
+            source,
+        }
+    }
+
+    /// Low-cardinality label for the failures metric.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } => format!("api_{}", s.code),
+            Error::Kube { .. } => "kube".into(),
+            Error::StaleCache(_) => "stale_cache".into(),
+        }
+    }
+
+    /// A 409 Conflict or a failed JSON-patch `test`: our view was outdated.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409 || s.code == 422)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

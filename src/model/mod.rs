@@ -1,0 +1,10 @@
+//! Plain data the decisions work on: object keys, the NAD type, and the
+//! compact pod projection that both controllers and `plan` share.
+
+mod key;
+pub mod nad;
+pub mod pod;
+
+pub use key::ObjectKey;
+pub use nad::NetworkAttachmentDefinition;
+pub use pod::{PodLite, PodView};

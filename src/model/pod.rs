@@ -1,0 +1,305 @@
+//! The pod as the operator sees it.
+//!
+//! [`PodLite`] is what we deserialize from the API: only the fields the
+//! decisions read, so a watch over 10,000 pods keeps megabytes, not hundreds
+//! of them (serde skips everything else without allocating it). [`PodView`]
+//! is that, with its Multus annotations parsed once, on arrival.
+
+use crate::multus::{self, AnnotationError, NetworkStatus};
+use crate::{model::ObjectKey, names};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::{Deserialize, Serialize};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct PodLite {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpecLite,
+    #[serde(default)]
+    pub status: PodStatusLite,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecLite {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub subdomain: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<ContainerLite>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ContainerLite {
+    #[serde(default)]
+    pub ports: Vec<ContainerPortLite>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPortLite {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: i32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct PodStatusLite {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<ConditionLite>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ConditionLite {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+}
+
+impl Resource for PodLite {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A pod annotation that did not parse; reported once per distinct value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnotationProblem {
+    pub annotation: &'static str,
+    pub error: AnnotationError,
+    /// Hash of the offending value, so the same bad value is reported once.
+    pub value_hash: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub key: ObjectKey,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    /// Phase Succeeded or Failed: the pod will never run again.
+    pub terminal: bool,
+    /// Has a deletionTimestamp.
+    pub deleting: bool,
+    /// The Ready condition is True.
+    pub ready: bool,
+    pub node_name: Option<String>,
+    pub hostname: Option<String>,
+    pub subdomain: Option<String>,
+    pub ports: Vec<ContainerPortLite>,
+    /// Every NAD the pod's annotations reference (networks and
+    /// default-network), sorted and without duplicates.
+    pub nads: Vec<ObjectKey>,
+    /// Multus' report of the attached secondary networks (default entry dropped).
+    pub network_status: Vec<NetworkStatus>,
+    pub problems: Vec<AnnotationProblem>,
+}
+
+impl PodView {
+    pub fn new(pod: PodLite, multus_namespace: &str) -> Self {
+        let meta = pod.metadata;
+        let namespace = meta.namespace.unwrap_or_default();
+        let annotations = meta.annotations.unwrap_or_default();
+        let mut problems = Vec::new();
+        let mut report = |annotation: &'static str, value: &str, error: AnnotationError| {
+            problems.push(AnnotationProblem {
+                annotation,
+                error,
+                value_hash: hash_str(value),
+            })
+        };
+
+        let mut nads = Vec::new();
+        if let Some(value) = annotations.get(names::NETWORKS_ANNOTATION) {
+            match multus::parse_networks(value, &namespace) {
+                Ok(sel) => nads.extend(sel.iter().map(|s| s.nad())),
+                Err(e) => report(names::NETWORKS_ANNOTATION, value, e),
+            }
+        }
+        if let Some(value) = annotations.get(names::DEFAULT_NETWORK_ANNOTATION) {
+            match multus::parse_default_network(value, multus_namespace) {
+                Ok(sel) => nads.extend(sel.iter().map(|s| s.nad())),
+                Err(e) => report(names::DEFAULT_NETWORK_ANNOTATION, value, e),
+            }
+        }
+        nads.sort();
+        nads.dedup();
+
+        let status_value = annotations
+            .get(names::NETWORK_STATUS_ANNOTATION)
+            .map(|v| (names::NETWORK_STATUS_ANNOTATION, v))
+            .or_else(|| {
+                annotations
+                    .get(names::LEGACY_NETWORK_STATUS_ANNOTATION)
+                    .map(|v| (names::LEGACY_NETWORK_STATUS_ANNOTATION, v))
+            });
+        let network_status = match status_value {
+            Some((name, value)) => match multus::parse_network_status(value) {
+                Ok(mut entries) => {
+                    entries.retain(|e| !e.default);
+                    entries
+                }
+                Err(e) => {
+                    report(name, value, e);
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+
+        let status = pod.status;
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        let mut ports: Vec<ContainerPortLite> = pod
+            .spec
+            .containers
+            .into_iter()
+            .flat_map(|c| c.ports)
+            .filter(|p| p.name.is_some())
+            .collect();
+        ports.shrink_to_fit();
+        let labels = meta.labels.unwrap_or_default();
+
+        PodView {
+            key: ObjectKey::new(namespace, meta.name.unwrap_or_default()),
+            uid: meta.uid.unwrap_or_default(),
+            labels,
+            terminal,
+            deleting: meta.deletion_timestamp.is_some(),
+            ready,
+            node_name: pod.spec.node_name,
+            hostname: pod.spec.hostname,
+            subdomain: pod.spec.subdomain,
+            ports,
+            nads,
+            network_status,
+            problems,
+        }
+    }
+
+    /// Converts a full k8s-openapi Pod (tests, fixtures).
+    pub fn from_pod(pod: &k8s_openapi::api::core::v1::Pod, multus_namespace: &str) -> Self {
+        let lite: PodLite = serde_json::to_value(pod)
+            .and_then(serde_json::from_value)
+            .expect("a k8s-openapi Pod always fits PodLite");
+        Self::new(lite, multus_namespace)
+    }
+}
+
+fn hash_str(s: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lite(json: serde_json::Value) -> PodLite {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn reads_both_network_annotations_and_dedups() {
+        let pod = PodView::new(
+            lite(serde_json::json!({
+                "metadata": {"name": "demo", "namespace": "default", "annotations": {
+                    "k8s.v1.cni.cncf.io/networks": "foo-network, foo-network",
+                    "v1.multus-cni.io/default-network": "calico"
+                }}
+            })),
+            "kube-system",
+        );
+        assert_eq!(
+            pod.nads,
+            vec![
+                ObjectKey::new("default", "foo-network"),
+                ObjectKey::new("kube-system", "calico")
+            ]
+        );
+        assert!(pod.problems.is_empty());
+    }
+
+    #[test]
+    fn a_bad_annotation_is_a_problem_not_a_failure() {
+        let pod = PodView::new(
+            lite(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "annotations": {
+                    "k8s.v1.cni.cncf.io/networks": "Bad/Name/x",
+                    "v1.multus-cni.io/default-network": "ok"
+                }}
+            })),
+            "kube-system",
+        );
+        assert_eq!(pod.nads, vec![ObjectKey::new("kube-system", "ok")]);
+        assert_eq!(pod.problems.len(), 1);
+        assert_eq!(pod.problems[0].annotation, names::NETWORKS_ANNOTATION);
+    }
+
+    #[test]
+    fn legacy_status_annotation_is_a_fallback() {
+        let pod = PodView::new(
+            lite(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "annotations": {
+                    "k8s.v1.cni.cncf.io/networks-status": "[{\"name\":\"ns/a\",\"ips\":[\"10.1.0.1\"]}]"
+                }},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            })),
+            "kube-system",
+        );
+        assert_eq!(pod.network_status.len(), 1);
+        assert!(pod.ready && !pod.terminal);
+    }
+
+    #[test]
+    fn terminal_phases() {
+        for (phase, terminal) in [
+            ("Succeeded", true),
+            ("Failed", true),
+            ("Running", false),
+            ("Pending", false),
+        ] {
+            let pod = PodView::new(
+                lite(serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": phase}})),
+                "kube-system",
+            );
+            assert_eq!(pod.terminal, terminal, "{phase}");
+        }
+    }
+}

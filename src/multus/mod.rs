@@ -1,0 +1,53 @@
+//! Multus' annotation formats, parsed exactly as Multus parses them.
+//!
+//! Pure: strings in, plain data or a [`AnnotationError`] out. Every parser
+//! bounds its work (see [`limits`]) so that hostile input costs little.
+
+mod networks;
+mod status;
+
+pub use networks::{NetworkSelection, parse_default_network, parse_networks};
+pub use status::{NetworkStatus, parse_network_status, secondary_addresses};
+
+/// Bounds on what one annotation may hold; beyond them the value is rejected.
+pub mod limits {
+    /// Kubernetes caps all annotations of an object at 256 KiB together.
+    pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+    /// More attachments than this per pod is not a real configuration.
+    pub const MAX_NETWORK_ENTRIES: usize = 1024;
+    /// Addresses kept per network-status entry.
+    pub const MAX_IPS_PER_ENTRY: usize = 64;
+}
+
+/// Why an annotation value was rejected; the message is shown to users in Events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnnotationError {
+    #[error("value is {0} bytes, over the {max} byte limit", max = limits::MAX_ANNOTATION_BYTES)]
+    TooLarge(usize),
+    #[error("{0} entries, over the limit of {max}", max = limits::MAX_NETWORK_ENTRIES)]
+    TooManyEntries(usize),
+    #[error("not a JSON list of network selections: {0}")]
+    Json(String),
+    #[error("invalid network reference {item:?}: {why}")]
+    InvalidItem { item: String, why: String },
+    #[error("more than one default network is specified")]
+    MultipleDefaultNetworks,
+}
+
+/// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`: the DNS-1123 label check Multus applies
+/// to each part of a comma-form reference.
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && alnum(&b[0])
+        && alnum(&b[b.len() - 1])
+        && b.iter().all(|c| alnum(c) || *c == b'-')
+}
+
+pub(crate) fn check_size(value: &str) -> Result<(), AnnotationError> {
+    if value.len() > limits::MAX_ANNOTATION_BYTES {
+        return Err(AnnotationError::TooLarge(value.len()));
+    }
+    Ok(())
+}

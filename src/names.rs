@@ -1,0 +1,55 @@
+//! Every fixed name the operator writes to or reads from the cluster.
+//!
+//! Kept in one place so that a rename is one edit and the manifests, the e2e
+//! suite and the code can never disagree.
+
+/// Finalizer held on every NetworkAttachmentDefinition while any pod uses it.
+pub const FINALIZER: &str = "k8s.cni.cncf.io/net-attach-def-protection";
+
+/// Value of `endpointslice.kubernetes.io/managed-by` on the EndpointSlices we own.
+pub const MANAGED_BY: &str = "net-attach-def-controller.k8s.cni.cncf.io";
+
+/// `reportingController` of every Event we emit.
+pub const REPORTER: &str = "k8s-net-attach-def-controller";
+
+/// Field manager for every write we send.
+pub const FIELD_MANAGER: &str = "k8s-net-attach-def-controller";
+
+/// Pod and Service annotation naming secondary networks (Multus' format).
+pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+
+/// Service annotation holding the pod selector (in `kubectl -l` equality form).
+pub const SELECTOR_ANNOTATION: &str = "k8s.v1.cni.cncf.io/selector";
+
+/// Pod annotation replacing the cluster default network (Multus).
+pub const DEFAULT_NETWORK_ANNOTATION: &str = "v1.multus-cni.io/default-network";
+
+/// Pod annotation in which Multus reports the attached networks and their addresses.
+pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+
+/// The pre-2020 spelling of [`NETWORK_STATUS_ANNOTATION`], still written by old Multus.
+pub const LEGACY_NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks-status";
+
+/// Well-known EndpointSlice labels and annotations (discovery.k8s.io).
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+pub const ANNOTATION_LAST_CHANGE: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Event reasons, as they appear in `kubectl describe`.
+pub mod reasons {
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    pub const PROTECTION_RELEASED: &str = "ProtectionReleased";
+    pub const INVALID_NETWORK_ANNOTATION: &str = "InvalidNetworkAnnotation";
+    pub const INVALID_SELECTOR_ANNOTATION: &str = "InvalidSelectorAnnotation";
+    pub const SELECTOR_CONFLICT: &str = "SelectorConflict";
+    pub const UNSUPPORTED_SERVICE: &str = "UnsupportedService";
+    pub const SECONDARY_ENDPOINTS_UPDATED: &str = "SecondaryEndpointsUpdated";
+}
+
+/// Default Multus namespace: where a namespace-less default-network lives.
+pub const DEFAULT_MULTUS_NAMESPACE: &str = "kube-system";
+
+/// Controller names, used in metrics labels and span names.
+pub const PROTECTION_CONTROLLER: &str = "nad-protection";
+pub const ENDPOINTS_CONTROLLER: &str = "secondary-endpoints";

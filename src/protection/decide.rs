@@ -1,0 +1,238 @@
+//! Which NADs a pod uses, and what to do with a NAD: pure functions only.
+
+use crate::{model::ObjectKey, model::PodView, names};
+use json_patch::Patch;
+use serde_json::json;
+
+/// The NADs a pod holds: none once the pod is terminal (Succeeded/Failed),
+/// since it will never attach a network again.
+pub fn nads_in_use(pod: &PodView) -> &[ObjectKey] {
+    if pod.terminal { &[] } else { &pod.nads }
+}
+
+pub fn pod_uses(pod: &PodView, nad: &ObjectKey) -> bool {
+    nads_in_use(pod).binary_search(nad).is_ok()
+}
+
+/// What the protection controller needs to know about a NAD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NadState {
+    pub key: ObjectKey,
+    pub finalizers: Vec<String>,
+    pub deleting: bool,
+    pub resource_version: Option<String>,
+}
+
+impl NadState {
+    pub fn from_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        NadState {
+            key: ObjectKey::new(
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            ),
+            finalizers: meta.finalizers.clone().unwrap_or_default(),
+            deleting: meta.deletion_timestamp.is_some(),
+            resource_version: meta.resource_version.clone(),
+        }
+    }
+
+    pub fn protected(&self) -> bool {
+        self.finalizers.iter().any(|f| f == names::FINALIZER)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not being deleted and not yet protected: add the finalizer now, since
+    /// it cannot be added once deletion has started.
+    AddFinalizer,
+    /// Protected and not being deleted: nothing to do.
+    Protected,
+    /// Being deleted, and these pods (sorted) still use it: keep the finalizer.
+    Blocked { users: Vec<ObjectKey> },
+    /// Being deleted and the cache shows no user: confirm against the API
+    /// server, then release.
+    ConfirmRelease,
+    /// Being deleted without our finalizer: not ours to hold.
+    Unprotected,
+}
+
+/// The one protection decision, from the NAD and the pods the cache says use it.
+pub fn decide(nad: &NadState, users: &[ObjectKey]) -> Decision {
+    match (nad.deleting, nad.protected()) {
+        (false, false) => Decision::AddFinalizer,
+        (false, true) => Decision::Protected,
+        (true, false) => Decision::Unprotected,
+        (true, true) if users.is_empty() => Decision::ConfirmRelease,
+        (true, true) => Decision::Blocked {
+            users: users.to_vec(),
+        },
+    }
+}
+
+/// Pods shown by name in a DeletionBlocked event; the rest are counted.
+pub const USERS_NAMED_IN_EVENTS: usize = 5;
+
+pub fn blocked_message(users: &[ObjectKey]) -> String {
+    let named: Vec<String> = users
+        .iter()
+        .take(USERS_NAMED_IN_EVENTS)
+        .map(ToString::to_string)
+        .collect();
+    let more = users.len().saturating_sub(USERS_NAMED_IN_EVENTS);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "Deletion is blocked while {} pod(s) use this network: {}{tail}. Delete those pods to let it go.",
+        users.len(),
+        named.join(", ")
+    )
+}
+
+/// JSON patch adding our finalizer. It tests the resourceVersion it was
+/// computed from, so it can never overwrite a concurrent change of the list.
+pub fn add_finalizer_patch(nad: &NadState) -> Patch {
+    let mut ops = Vec::new();
+    if let Some(rv) = &nad.resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    if nad.finalizers.is_empty() {
+        ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}));
+    }
+    serde_json::from_value(json!(ops)).expect("static patch shape")
+}
+
+/// JSON patch removing our finalizer, and only ours: a `test` pins the entry
+/// at that index, so a concurrent edit of the list fails the patch instead of
+/// removing somebody else's finalizer. None when ours is not there.
+pub fn remove_finalizer_patch(finalizers: &[String]) -> Option<Patch> {
+    let index = finalizers.iter().position(|f| f == names::FINALIZER)?;
+    let path = format!("/metadata/finalizers/{index}");
+    Some(
+        serde_json::from_value(json!([
+            {"op": "test", "path": path, "value": names::FINALIZER},
+            {"op": "remove", "path": path},
+        ]))
+        .expect("static patch shape"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodLite;
+
+    fn nad(deleting: bool, finalizers: &[&str]) -> NadState {
+        NadState {
+            key: ObjectKey::new("default", "foo-network"),
+            finalizers: finalizers.iter().map(|s| s.to_string()).collect(),
+            deleting,
+            resource_version: Some("7".into()),
+        }
+    }
+
+    fn pod(annotation: &str, phase: &str) -> PodView {
+        let lite: PodLite = serde_json::from_value(json!({
+            "metadata": {"name": "demo", "namespace": "default",
+                         "annotations": {"k8s.v1.cni.cncf.io/networks": annotation}},
+            "status": {"phase": phase}
+        }))
+        .unwrap();
+        PodView::new(lite, "kube-system")
+    }
+
+    #[test]
+    fn every_new_nad_gets_the_finalizer() {
+        assert_eq!(decide(&nad(false, &[]), &[]), Decision::AddFinalizer);
+        assert_eq!(decide(&nad(false, &["other"]), &[]), Decision::AddFinalizer);
+        assert_eq!(
+            decide(&nad(false, &[names::FINALIZER]), &[]),
+            Decision::Protected
+        );
+    }
+
+    #[test]
+    fn deletion_is_blocked_while_used() {
+        let users = vec![ObjectKey::new("default", "demo")];
+        assert_eq!(
+            decide(&nad(true, &[names::FINALIZER]), &users),
+            Decision::Blocked {
+                users: users.clone()
+            }
+        );
+        assert_eq!(
+            decide(&nad(true, &[names::FINALIZER]), &[]),
+            Decision::ConfirmRelease
+        );
+        assert_eq!(
+            decide(&nad(true, &["other"]), &users),
+            Decision::Unprotected
+        );
+    }
+
+    #[test]
+    fn the_seed_pod_uses_foo_network_once() {
+        let p = pod("foo-network, foo-network", "Pending");
+        assert_eq!(nads_in_use(&p), &[ObjectKey::new("default", "foo-network")]);
+        assert!(pod_uses(&p, &ObjectKey::new("default", "foo-network")));
+        assert!(!pod_uses(&p, &ObjectKey::new("other", "foo-network")));
+    }
+
+    #[test]
+    fn a_terminal_pod_uses_nothing() {
+        assert!(nads_in_use(&pod("foo-network", "Succeeded")).is_empty());
+        assert!(nads_in_use(&pod("foo-network", "Failed")).is_empty());
+        assert!(!nads_in_use(&pod("foo-network", "Running")).is_empty());
+    }
+
+    #[test]
+    fn blocked_message_names_five_and_counts_the_rest() {
+        let users: Vec<_> = (0..7)
+            .map(|i| ObjectKey::new("ns", format!("p{i}")))
+            .collect();
+        assert_eq!(
+            blocked_message(&users),
+            "Deletion is blocked while 7 pod(s) use this network: ns/p0, ns/p1, ns/p2, ns/p3, ns/p4 and 2 more. Delete those pods to let it go."
+        );
+    }
+
+    #[test]
+    fn removal_patch_tests_and_removes_only_ours() {
+        let fins = vec![
+            "a".to_string(),
+            names::FINALIZER.to_string(),
+            "b".to_string(),
+        ];
+        let patch = serde_json::to_value(remove_finalizer_patch(&fins).unwrap()).unwrap();
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": names::FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"}
+            ])
+        );
+        assert!(remove_finalizer_patch(&["a".to_string()]).is_none());
+    }
+
+    #[test]
+    fn add_patch_appends_and_guards_with_resource_version() {
+        let patch = serde_json::to_value(add_finalizer_patch(&nad(false, &["x"]))).unwrap();
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}
+            ])
+        );
+        let patch = serde_json::to_value(add_finalizer_patch(&nad(false, &[]))).unwrap();
+        assert_eq!(
+            patch[1],
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]})
+        );
+    }
+}
