@@ -8,11 +8,15 @@
 //! the pure code over YAML snapshots.
 
 pub mod endpoints;
+pub mod feed;
 pub mod index;
 pub mod model;
 pub mod multus;
 pub mod names;
+pub mod plan;
 pub mod protection;
+pub mod release;
+pub mod runtime;
 
 /// Errors of the IO shell; each names the object and the step that failed.
 #[derive(Debug, thiserror::Error)]

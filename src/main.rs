@@ -1,1 +1,167 @@
-fn main() {}
+//! Command-line wiring only: parse flags, build the client, hand over to the
+//! library. `run` starts the controllers, `plan` works offline, and
+//! `release-finalizers` prepares an uninstall.
+
+use clap::Parser;
+use futures::FutureExt;
+use nadc::runtime::config::{Cli, Command, RunArgs};
+use nadc::runtime::{Shared, http, leader::Leadership, metrics::Metrics, telemetry};
+use nadc::{endpoints, feed, plan, protection, release};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Plan(ref args) => plan::main(args),
+        Command::ReleaseFinalizers => {
+            let client = match client(&cli).await {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match release::release_all(client, &mut std::io::stdout()).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail(e.into()),
+            }
+        }
+        Command::Run(ref args) => {
+            let telemetry = match telemetry::init(cli.log_format) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            let code = match client(&cli).await {
+                Ok(client) => run(client, args).await,
+                Err(e) => fail(e),
+            };
+            telemetry.shutdown();
+            code
+        }
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn client(cli: &Cli) -> anyhow::Result<kube::Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None if cli.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+    }
+}
+
+async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
+    let metrics = Arc::new(Metrics::default());
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "k8s-net-attach-def-controller".into());
+    let (shared, synced_tx) = Shared::new(client.clone(), metrics.clone(), args.settings(), Some(identity.clone()));
+    let (ready_tx, ready_rx) = watch::channel(false);
+
+    // One shutdown signal, cloned into every task that must stop.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let stop = stop_rx.map(|_| ()).shared();
+    let mut stop_tx = Some(stop_tx);
+    let http_task = tokio::spawn(http::serve(
+        args.http_addr,
+        http::HttpState { metrics: metrics.clone(), ready: ready_rx },
+        stop.clone(),
+    ));
+
+    let mut leadership = None;
+    if args.leader_election_enabled() {
+        info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting for leadership");
+        let mut l = tokio::select! {
+            l = Leadership::start(client.clone(), &args.lease_name, &args.lease_namespace, &identity, args.lease_duration_seconds) => l,
+            _ = termination() => return ExitCode::SUCCESS,
+        };
+        // A standby that reaches the Lease API is ready: it can take over.
+        let _ = ready_tx.send(true);
+        tokio::select! {
+            _ = l.acquired() => info!("leadership acquired"),
+            _ = termination() => {
+                l.release(Duration::from_secs(5)).await;
+                return ExitCode::SUCCESS;
+            }
+        }
+        let _ = ready_tx.send(false);
+        leadership = Some(l);
+    }
+
+    // The leader is ready once the pod index is synced.
+    let mut synced_rx = shared.pods_synced.clone();
+    let ready_task = tokio::spawn(async move {
+        if synced_rx.wait_for(|s| *s).await.is_ok() {
+            let _ = ready_tx.send(true);
+        }
+    });
+
+    let (nad_tx, nad_rx) = futures::channel::mpsc::unbounded();
+    let (svc_tx, svc_rx) = futures::channel::mpsc::unbounded();
+    let (resync_tx, resync_rx) = futures::channel::mpsc::unbounded();
+    let (services, service_events) = endpoints::controller::service_watch(client.clone());
+    let feed_task = tokio::spawn(feed::run(
+        shared.clone(),
+        services.clone(),
+        feed::Outputs { nads: nad_tx, services: svc_tx, resync_services: resync_tx, synced: synced_tx },
+    ));
+    let controllers = futures::future::join(
+        protection::controller::run(shared.clone(), nad_rx, stop.clone()),
+        endpoints::controller::run(shared.clone(), services, service_events, svc_rx, resync_rx, stop.clone()),
+    );
+    let lost = match &leadership {
+        Some(l) => Leadership::lost(l.state.clone()).boxed(),
+        None => futures::future::pending().boxed(),
+    };
+    info!("controllers starting");
+    let mut controllers = std::pin::pin!(controllers);
+    let mut lost_leadership = false;
+    tokio::select! {
+        _ = &mut controllers => {}
+        _ = termination() => {}
+        _ = lost => {
+            error!("leadership lost; stopping so that this replica restarts as a standby");
+            lost_leadership = true;
+        }
+    }
+    // Stop accepting work, let in-flight reconciles finish.
+    if let Some(tx) = stop_tx.take() {
+        let _ = tx.send(());
+    }
+    if tokio::time::timeout(Duration::from_secs(20), &mut controllers).await.is_err() {
+        error!("controllers did not stop within 20 s");
+    }
+    feed_task.abort();
+    ready_task.abort();
+    if let Some(l) = leadership {
+        l.release(Duration::from_secs(5)).await;
+    }
+    let _ = http_task.await;
+    info!("stopped");
+    if lost_leadership { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}

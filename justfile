@@ -1,0 +1,71 @@
+# Developer tasks. `just --list` shows them all.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+image := env_var_or_default("IMAGE", "k8s-net-attach-def-controller:dev")
+cluster := env_var_or_default("KIND_CLUSTER", "nadc-e2e")
+
+default:
+    @just --list
+
+# Run the controllers against the cluster in KUBECONFIG (leader election off).
+run *ARGS:
+    cargo run -- run --leader-elect off --http-addr 127.0.0.1:8080 {{ARGS}}
+
+# What the operator would do for the seed snapshot, offline.
+plan FILE="manifests/examples/seed-cluster.yaml":
+    cargo run --release -- plan -f {{FILE}}
+
+# Unit, property, mock-API and manifest tests (no cluster needed).
+test:
+    cargo test --workspace
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Everything CI runs.
+ci:
+    bash .ci/run
+
+# Criterion benchmark of the desired-state computation.
+bench:
+    cargo bench --bench plan
+
+# Build the container image (static musl binary, distroless, non-root).
+image:
+    docker build -t {{image}} .
+
+# Render every kustomize overlay.
+manifests:
+    for o in kustomize/base kustomize/overlays/*; do echo "== $o"; kubectl kustomize "$o" > /dev/null; done
+
+# End-to-end on a fresh kind cluster: create, build, load, deploy, test, delete.
+# KEEP_CLUSTER=1 keeps the cluster for a look afterwards.
+e2e:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    kind create cluster --name {{cluster}} --config e2e/kind-config.yaml
+    cleanup() { if [ -z "${KEEP_CLUSTER:-}" ]; then kind delete cluster --name {{cluster}}; fi; }
+    trap cleanup EXIT
+    docker build -t {{image}} .
+    kind load docker-image {{image}} --name {{cluster}}
+    kubectl --context kind-{{cluster}} apply -f e2e/crds/network-attachment-definitions.yaml
+    kubectl --context kind-{{cluster}} wait --for=condition=Established crd/network-attachment-definitions.k8s.cni.cncf.io --timeout=60s
+    kubectl kustomize kustomize/overlays/kind | kubectl --context kind-{{cluster}} apply -f -
+    kubectl --context kind-{{cluster}} -n net-attach-def-system rollout status deployment/k8s-net-attach-def-controller --timeout=120s
+    kubectl config use-context kind-{{cluster}}
+    E2E_CONTROLLER=deployed E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e -- --test-threads=4
+
+# End-to-end against the current KUBECONFIG, the operator started locally by the harness.
+e2e-local:
+    cargo build --bin k8s-net-attach-def-controller
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e -- --test-threads=4
+
+# Scale benchmark against the current KUBECONFIG (see README: Testing).
+bench-scale *ARGS:
+    cargo build --release --bin k8s-net-attach-def-controller
+    cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}

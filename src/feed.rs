@@ -1,0 +1,142 @@
+//! The one pod watch of the process. Each event updates the shared pod
+//! index, reports unparsable annotations once per value, and tells each
+//! controller exactly which of its objects the change concerns: the NADs
+//! whose users changed, the Services that select the pod.
+
+use crate::endpoints::controller::services_selecting;
+use crate::index::PodChange;
+use crate::model::{ObjectKey, PodLite, PodView};
+use crate::runtime::Shared;
+use crate::names;
+use futures::{StreamExt, channel::mpsc::UnboundedSender};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::HashSet;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Where the feed sends what it found.
+pub struct Outputs {
+    pub nads: UnboundedSender<ObjectKey>,
+    pub services: UnboundedSender<ObjectKey>,
+    pub resync_services: UnboundedSender<()>,
+    pub synced: watch::Sender<bool>,
+}
+
+/// Maps a watcher event's object.
+pub fn map_event<A, B>(ev: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    match ev {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// Remembers which bad annotation values were already reported.
+#[derive(Default)]
+pub struct ProblemLog {
+    reported: HashSet<(String, u64)>,
+}
+
+impl ProblemLog {
+    /// The problems of `change` not reported before (and forgets pods that left).
+    pub fn fresh<'a>(&mut self, change: &'a PodChange) -> Vec<&'a crate::model::pod::AnnotationProblem> {
+        if let (Some(old), None) = (&change.old, &change.new) {
+            self.reported.retain(|(uid, _)| uid != &old.uid);
+            return Vec::new();
+        }
+        let Some(new) = &change.new else { return Vec::new() };
+        new.problems
+            .iter()
+            .filter(|p| self.reported.insert((new.uid.clone(), p.value_hash)))
+            .collect()
+    }
+}
+
+pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
+    let api: Api<PodLite> = Api::all(shared.client.clone());
+    let config = watcher::Config::default()
+        .any_semantic()
+        .page_size(shared.settings.list_page_size);
+    let multus_ns = shared.settings.multus_namespace.clone();
+    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut problems = ProblemLog::default();
+    let mut initial_list_done = false;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(ev) => map_event(ev, |pod| PodView::new(pod, &multus_ns)),
+            Err(e) => {
+                warn!(error = %e, "pod watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        let relisted = matches!(event, watcher::Event::InitDone);
+        let changes = {
+            let mut index = shared.pods.write().expect("pod index lock");
+            let changes = index.apply_watcher_event(event);
+            shared.metrics.pods_indexed.set(index.len() as i64);
+            changes
+        };
+        for change in &changes {
+            for nad in change.touched_nads() {
+                let _ = out.nads.unbounded_send(nad);
+            }
+            for problem in problems.fresh(change) {
+                report_problem(&shared, change, problem).await;
+            }
+        }
+        if relisted {
+            if !initial_list_done {
+                info!(pods = shared.pods.read().unwrap().len(), "pod index synced");
+                initial_list_done = true;
+                let _ = out.synced.send(true);
+            }
+            let _ = out.resync_services.unbounded_send(());
+        } else {
+            for change in &changes {
+                let pod = change.new.as_ref().or(change.old.as_ref()).expect("a change has a side");
+                let labels = change.old.iter().chain(change.new.iter()).map(|p| &p.labels);
+                for svc in services_selecting(&services, &pod.key.namespace, labels) {
+                    let _ = out.services.unbounded_send(svc);
+                }
+            }
+        }
+    }
+}
+
+async fn report_problem(shared: &Shared, change: &PodChange, problem: &crate::model::pod::AnnotationProblem) {
+    let Some(pod) = &change.new else { return };
+    shared
+        .metrics
+        .invalid_annotations
+        .get_or_create(&crate::runtime::metrics::AnnotationLabels {
+            annotation: problem.annotation.into(),
+        })
+        .inc();
+    warn!(pod = %pod.key, annotation = problem.annotation, error = %problem.error, "ignoring an annotation that does not parse");
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(pod.key.namespace.clone()),
+        name: Some(pod.key.name.clone()),
+        uid: Some(pod.uid.clone()),
+        ..Default::default()
+    };
+    shared
+        .publish(
+            Event {
+                type_: EventType::Warning,
+                reason: names::reasons::INVALID_NETWORK_ANNOTATION.into(),
+                note: Some(format!("{} is ignored: {}", problem.annotation, problem.error).chars().take(1000).collect()),
+                action: "ParseAnnotation".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await;
+}

@@ -1,0 +1,64 @@
+//! `release-finalizers`: removes our finalizer, and only ours, from every
+//! NAD, so that uninstalling the operator never leaves NADs stuck.
+
+use crate::model::{NetworkAttachmentDefinition, ObjectKey};
+use crate::protection::decide::remove_finalizer_patch;
+use crate::{Error, Result};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use std::io::Write;
+
+/// Outcome per NAD, for the printed report.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Released {
+    Removed(ObjectKey),
+    NotHeld(ObjectKey),
+}
+
+pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<Vec<Released>> {
+    let api: Api<NetworkAttachmentDefinition> = Api::all(client.clone());
+    let mut params = ListParams::default().limit(500);
+    let mut done = Vec::new();
+    loop {
+        let page = api
+            .list_metadata(&params)
+            .await
+            .map_err(Error::kube("listing", "NetworkAttachmentDefinitions"))?;
+        for nad in page.items {
+            let key = ObjectKey::of(&nad);
+            let ns_api: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &key.namespace);
+            let mut finalizers = nad.metadata.finalizers.clone().unwrap_or_default();
+            // A conflict means the list changed under us: re-read and retry.
+            let mut outcome = Released::NotHeld(key.clone());
+            for _ in 0..5 {
+                let Some(patch) = remove_finalizer_patch(&finalizers) else { break };
+                match ns_api.patch_metadata(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+                    Ok(_) => {
+                        outcome = Released::Removed(key.clone());
+                        break;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 => break,
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+                        match ns_api.get_metadata_opt(&key.name).await.map_err(Error::kube("reading", &key))? {
+                            Some(m) => finalizers = m.metadata.finalizers.unwrap_or_default(),
+                            None => break,
+                        }
+                    }
+                    Err(e) => return Err(Error::kube("removing the finalizer from", &key)(e)),
+                }
+            }
+            let line = match &outcome {
+                Released::Removed(k) => format!("released   {k}"),
+                Released::NotHeld(k) => format!("unchanged  {k} (finalizer not held)"),
+            };
+            let _ = writeln!(out, "{line}");
+            done.push(outcome);
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    let removed = done.iter().filter(|r| matches!(r, Released::Removed(_))).count();
+    let _ = writeln!(out, "{removed} of {} NetworkAttachmentDefinitions released", done.len());
+    Ok(done)
+}

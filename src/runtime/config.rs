@@ -1,0 +1,159 @@
+//! The command line. Every flag of `run` can also be set from the
+//! environment variable shown in `--help`, which is how the Deployment sets them.
+
+use super::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "k8s-net-attach-def-controller",
+    version,
+    about = "Protects NetworkAttachmentDefinitions in use with a finalizer, and publishes pods' secondary-network addresses as EndpointSlices"
+)]
+pub struct Cli {
+    /// Kubeconfig file to use; without it, in-cluster config or $KUBECONFIG / ~/.kube/config is used.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Log line format; the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers against the cluster.
+    Run(RunArgs),
+    /// Show what the operator would do for the objects in YAML files, without a cluster.
+    Plan(PlanArgs),
+    /// Remove our finalizer from every NetworkAttachmentDefinition (run before uninstalling).
+    ReleaseFinalizers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeaderElect {
+    /// On when running in a cluster (KUBERNETES_SERVICE_HOST is set), off otherwise.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Leader election on a coordination.k8s.io Lease; only the leader reconciles.
+    #[arg(long, env = "LEADER_ELECT", value_enum, default_value_t = LeaderElect::Auto)]
+    pub leader_elect: LeaderElect,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "LEASE_NAME", default_value = "k8s-net-attach-def-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease; defaults to the pod's own namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "net-attach-def-system")]
+    pub lease_namespace: String,
+    /// Seconds a leader holds the Lease without renewing it; a standby takes over after that.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=300))]
+    pub lease_duration_seconds: u64,
+    /// Identity in the Lease; defaults to the pod name, then the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Namespace Multus reads a namespace-less default-network annotation from.
+    #[arg(long, env = "MULTUS_NAMESPACE", default_value = crate::names::DEFAULT_MULTUS_NAMESPACE)]
+    pub multus_namespace: String,
+    /// Most endpoints per EndpointSlice (Kubernetes' own default is 100).
+    #[arg(long, env = "MAX_ENDPOINTS_PER_SLICE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_endpoints_per_slice: u16,
+    /// Page size of LIST requests (pods, NADs).
+    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub list_page_size: u32,
+}
+
+impl RunArgs {
+    pub fn leader_election_enabled(&self) -> bool {
+        match self.leader_elect {
+            LeaderElect::On => true,
+            LeaderElect::Off => false,
+            LeaderElect::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        }
+    }
+
+    pub fn settings(&self) -> super::Settings {
+        super::Settings {
+            multus_namespace: self.multus_namespace.clone(),
+            max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
+            list_page_size: self.list_page_size,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    /// A readable report.
+    Table,
+    /// The desired EndpointSlices and NAD finalizer patches as YAML, for `kubectl apply --dry-run=server -f -`.
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// YAML file with Kubernetes objects (a List or several documents); `-` reads stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Table)]
+    pub output: PlanOutput,
+    /// Namespace Multus reads a namespace-less default-network annotation from.
+    #[arg(long, default_value = crate::names::DEFAULT_MULTUS_NAMESPACE)]
+    pub multus_namespace: String,
+    /// Most endpoints per EndpointSlice.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_endpoints_per_slice: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = Cli::try_parse_from(["x", "run"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!() };
+        assert_eq!(run.http_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(run.max_endpoints_per_slice, 100);
+        assert_eq!(run.multus_namespace, "kube-system");
+        assert_eq!(run.leader_elect, LeaderElect::Auto);
+    }
+
+    #[test]
+    fn flags_override_and_limits_are_enforced() {
+        let cli = Cli::try_parse_from(["x", "--log-format", "json", "run", "--leader-elect", "off", "--max-endpoints-per-slice", "1000"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(run) = cli.command else { panic!() };
+        assert!(!run.leader_election_enabled());
+        assert_eq!(run.settings().max_endpoints_per_slice, 1000);
+        assert!(Cli::try_parse_from(["x", "run", "--max-endpoints-per-slice", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "run", "--max-endpoints-per-slice", "1001"]).is_err());
+        assert!(Cli::try_parse_from(["x", "run", "--http-addr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn plan_takes_several_files() {
+        let cli = Cli::try_parse_from(["x", "plan", "-f", "a.yaml", "-f", "-", "-o", "yaml"]).unwrap();
+        let Command::Plan(plan) = cli.command else { panic!() };
+        assert_eq!(plan.files.len(), 2);
+        assert_eq!(plan.output, PlanOutput::Yaml);
+        assert!(Cli::try_parse_from(["x", "plan"]).is_err(), "-f is required");
+    }
+}

@@ -1,0 +1,79 @@
+//! `/healthz` (the process answers), `/readyz` (ready to serve: caches
+//! synced, or a healthy standby), `/metrics` (Prometheus text format).
+
+use super::metrics::Metrics;
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub ready: watch::Receiver<bool>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if *s.ready.borrow() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: caches not synced or the API server is unreachable")
+    }
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(router: Router, path: &str) -> (StatusCode, String) {
+        let res = router
+            .oneshot(axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_flag_and_metrics_render() {
+        let (tx, rx) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        metrics.slice_write("update");
+        let r = router(HttpState { metrics, ready: rx });
+        assert_eq!(get(r.clone(), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(r.clone(), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        tx.send(true).unwrap();
+        assert_eq!(get(r.clone(), "/readyz").await.0, StatusCode::OK);
+        let (status, body) = get(r, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("nadc_endpointslice_writes_total{verb=\"update\"} 1"), "{body}");
+    }
+}

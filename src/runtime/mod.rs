@@ -1,0 +1,77 @@
+//! The process around the controllers: configuration, telemetry, the HTTP
+//! server, leader election, and the state they share.
+
+pub mod config;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod telemetry;
+
+use crate::{index::PodIndex, names};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// Settings the controllers read (a subset of the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub multus_namespace: String,
+    pub max_endpoints_per_slice: usize,
+    pub list_page_size: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            multus_namespace: names::DEFAULT_MULTUS_NAMESPACE.into(),
+            max_endpoints_per_slice: crate::endpoints::slices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            list_page_size: 500,
+        }
+    }
+}
+
+/// What every reconcile of either controller shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<metrics::Metrics>,
+    pub pods: Arc<RwLock<PodIndex>>,
+    /// Becomes true once the pod index holds a full list; nothing may be
+    /// decided from the index before that.
+    pub pods_synced: watch::Receiver<bool>,
+    pub settings: Settings,
+}
+
+impl Shared {
+    pub fn new(client: kube::Client, metrics: Arc<metrics::Metrics>, settings: Settings, instance: Option<String>) -> (Self, watch::Sender<bool>) {
+        let (synced_tx, synced_rx) = watch::channel(false);
+        let reporter = Reporter {
+            controller: names::REPORTER.into(),
+            instance,
+        };
+        let shared = Shared {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            pods: Arc::new(RwLock::new(PodIndex::new())),
+            pods_synced: synced_rx,
+            settings,
+        };
+        (shared, synced_tx)
+    }
+
+    /// Waits until the pod index is complete.
+    pub async fn pods_ready(&self) {
+        let mut rx = self.pods_synced.clone();
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+
+    /// Publishes an Event; a failure is logged, never fails the caller.
+    pub async fn publish(&self, event: Event, regarding: &ObjectReference) {
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(reason = %event.reason, object = ?regarding.name, error = %e, "could not publish event");
+        }
+    }
+}
