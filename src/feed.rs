@@ -6,8 +6,8 @@
 use crate::endpoints::controller::services_selecting;
 use crate::index::PodChange;
 use crate::model::{ObjectKey, PodLite, PodView};
-use crate::runtime::Shared;
 use crate::names;
+use crate::runtime::Shared;
 use futures::{StreamExt, channel::mpsc::UnboundedSender};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::Api;
@@ -45,12 +45,17 @@ pub struct ProblemLog {
 
 impl ProblemLog {
     /// The problems of `change` not reported before (and forgets pods that left).
-    pub fn fresh<'a>(&mut self, change: &'a PodChange) -> Vec<&'a crate::model::pod::AnnotationProblem> {
+    pub fn fresh<'a>(
+        &mut self,
+        change: &'a PodChange,
+    ) -> Vec<&'a crate::model::pod::AnnotationProblem> {
         if let (Some(old), None) = (&change.old, &change.new) {
             self.reported.retain(|(uid, _)| uid != &old.uid);
             return Vec::new();
         }
-        let Some(new) = &change.new else { return Vec::new() };
+        let Some(new) = &change.new else {
+            return Vec::new();
+        };
         new.problems
             .iter()
             .filter(|p| self.reported.insert((new.uid.clone(), p.value_hash)))
@@ -99,8 +104,16 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
             let _ = out.resync_services.unbounded_send(());
         } else {
             for change in &changes {
-                let pod = change.new.as_ref().or(change.old.as_ref()).expect("a change has a side");
-                let labels = change.old.iter().chain(change.new.iter()).map(|p| &p.labels);
+                let pod = change
+                    .new
+                    .as_ref()
+                    .or(change.old.as_ref())
+                    .expect("a change has a side");
+                let labels = change
+                    .old
+                    .iter()
+                    .chain(change.new.iter())
+                    .map(|p| &p.labels);
                 for svc in services_selecting(&services, &pod.key.namespace, labels) {
                     let _ = out.services.unbounded_send(svc);
                 }
@@ -109,7 +122,11 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
     }
 }
 
-async fn report_problem(shared: &Shared, change: &PodChange, problem: &crate::model::pod::AnnotationProblem) {
+async fn report_problem(
+    shared: &Shared,
+    change: &PodChange,
+    problem: &crate::model::pod::AnnotationProblem,
+) {
     let Some(pod) = &change.new else { return };
     shared
         .metrics
@@ -132,7 +149,12 @@ async fn report_problem(shared: &Shared, change: &PodChange, problem: &crate::mo
             Event {
                 type_: EventType::Warning,
                 reason: names::reasons::INVALID_NETWORK_ANNOTATION.into(),
-                note: Some(format!("{} is ignored: {}", problem.annotation, problem.error).chars().take(1000).collect()),
+                note: Some(
+                    format!("{} is ignored: {}", problem.annotation, problem.error)
+                        .chars()
+                        .take(1000)
+                        .collect(),
+                ),
                 action: "ParseAnnotation".into(),
                 secondary: None,
             },

@@ -9,6 +9,8 @@
 
 pub mod endpoints;
 pub mod feed;
+#[cfg(test)]
+pub mod fixtures;
 pub mod index;
 pub mod model;
 pub mod multus;

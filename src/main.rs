@@ -66,7 +66,8 @@ async fn client(cli: &Cli) -> anyhow::Result<kube::Client> {
 
 /// Resolves on SIGTERM or SIGINT.
 async fn termination() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received, shutting down"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
@@ -80,7 +81,12 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "k8s-net-attach-def-controller".into());
-    let (shared, synced_tx) = Shared::new(client.clone(), metrics.clone(), args.settings(), Some(identity.clone()));
+    let (shared, synced_tx) = Shared::new(
+        client.clone(),
+        metrics.clone(),
+        args.settings(),
+        Some(identity.clone()),
+    );
     let (ready_tx, ready_rx) = watch::channel(false);
 
     // One shutdown signal, cloned into every task that must stop.
@@ -89,7 +95,10 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     let mut stop_tx = Some(stop_tx);
     let http_task = tokio::spawn(http::serve(
         args.http_addr,
-        http::HttpState { metrics: metrics.clone(), ready: ready_rx },
+        http::HttpState {
+            metrics: metrics.clone(),
+            ready: ready_rx,
+        },
         stop.clone(),
     ));
 
@@ -128,11 +137,23 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     let feed_task = tokio::spawn(feed::run(
         shared.clone(),
         services.clone(),
-        feed::Outputs { nads: nad_tx, services: svc_tx, resync_services: resync_tx, synced: synced_tx },
+        feed::Outputs {
+            nads: nad_tx,
+            services: svc_tx,
+            resync_services: resync_tx,
+            synced: synced_tx,
+        },
     ));
     let controllers = futures::future::join(
         protection::controller::run(shared.clone(), nad_rx, stop.clone()),
-        endpoints::controller::run(shared.clone(), services, service_events, svc_rx, resync_rx, stop.clone()),
+        endpoints::controller::run(
+            shared.clone(),
+            services,
+            service_events,
+            svc_rx,
+            resync_rx,
+            stop.clone(),
+        ),
     );
     let lost = match &leadership {
         Some(l) => Leadership::lost(l.state.clone()).boxed(),
@@ -153,7 +174,10 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     if let Some(tx) = stop_tx.take() {
         let _ = tx.send(());
     }
-    if tokio::time::timeout(Duration::from_secs(20), &mut controllers).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(20), &mut controllers)
+        .await
+        .is_err()
+    {
         error!("controllers did not stop within 20 s");
     }
     feed_task.abort();
@@ -163,5 +187,9 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     }
     let _ = http_task.await;
     info!("stopped");
-    if lost_leadership { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if lost_leadership {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

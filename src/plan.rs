@@ -28,13 +28,20 @@ pub const PLAN_TIME: &str = "1970-01-01T00:00:00Z";
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {size} bytes is over the {MAX_INPUT_BYTES} byte limit; split the snapshot")]
     TooLarge { file: String, size: u64 },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
     #[error("{file}: document {document}: {message}")]
-    Object { file: String, document: usize, message: String },
+    Object {
+        file: String,
+        document: usize,
+        message: String,
+    },
 }
 
 /// The objects of a snapshot, by kind.
@@ -73,13 +80,18 @@ impl Snapshot {
             };
             match doc {
                 Value::Null => {}
-                Value::Object(ref o) if o.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) => {
+                Value::Object(ref o)
+                    if o.get("kind")
+                        .and_then(Value::as_str)
+                        .is_some_and(|k| k.ends_with("List")) =>
+                {
                     let items = o.get("items").cloned().unwrap_or(Value::Array(vec![]));
                     let Value::Array(items) = items else {
                         return Err(err("`items` of a List must be a list".into()));
                     };
                     for (j, item) in items.into_iter().enumerate() {
-                        self.add_object(item).map_err(|m| err(format!("item {j}: {m}")))?;
+                        self.add_object(item)
+                            .map_err(|m| err(format!("item {j}: {m}")))?;
                     }
                 }
                 other => self.add_object(other).map_err(err)?,
@@ -89,18 +101,36 @@ impl Snapshot {
     }
 
     fn add_object(&mut self, obj: Value) -> Result<(), String> {
-        let kind = obj.get("kind").and_then(Value::as_str).ok_or("object has no `kind`")?.to_string();
-        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or("object has no `kind`")?
+            .to_string();
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
             return Err(format!("{kind} has no metadata.name"));
         }
         let what = |e: serde_json::Error| format!("{kind} {name:?} is malformed: {e}");
         match (kind.as_str(), api_version.as_str()) {
             ("Pod", "v1") => self.pods.push(serde_json::from_value(obj).map_err(what)?),
-            ("Service", "v1") => self.services.push(serde_json::from_value(obj).map_err(what)?),
-            ("NetworkAttachmentDefinition", "k8s.cni.cncf.io/v1") => self.nads.push(serde_json::from_value(obj).map_err(what)?),
-            ("EndpointSlice", "discovery.k8s.io/v1") => self.slices.push(serde_json::from_value(obj).map_err(what)?),
+            ("Service", "v1") => self
+                .services
+                .push(serde_json::from_value(obj).map_err(what)?),
+            ("NetworkAttachmentDefinition", "k8s.cni.cncf.io/v1") => {
+                self.nads.push(serde_json::from_value(obj).map_err(what)?)
+            }
+            ("EndpointSlice", "discovery.k8s.io/v1") => {
+                self.slices.push(serde_json::from_value(obj).map_err(what)?)
+            }
             _ => *self.skipped.entry(kind).or_default() += 1,
         }
         // Objects without a namespace are in "default", as kubectl assumes.
@@ -121,17 +151,31 @@ impl Snapshot {
 
 fn read_input(path: &Path) -> Result<(String, String), InputError> {
     let name = path.display().to_string();
-    let read_err = |source| InputError::Read { file: name.clone(), source };
+    let read_err = |source| InputError::Read {
+        file: name.clone(),
+        source,
+    };
     let mut bytes = Vec::new();
     if name == "-" {
-        std::io::stdin().take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+        std::io::stdin()
+            .take(MAX_INPUT_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
     } else {
-        std::fs::File::open(path).and_then(|f| f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes)).map_err(read_err)?;
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_err)?;
     }
     if bytes.len() as u64 > MAX_INPUT_BYTES {
-        return Err(InputError::TooLarge { file: name, size: bytes.len() as u64 });
+        return Err(InputError::TooLarge {
+            file: name,
+            size: bytes.len() as u64,
+        });
     }
-    let text = String::from_utf8(bytes).map_err(|e| InputError::Yaml { file: name.clone(), message: format!("not UTF-8: {e}") })?;
+    let text = String::from_utf8(bytes).map_err(|e| InputError::Yaml {
+        file: name.clone(),
+        message: format!("not UTF-8: {e}"),
+    })?;
     Ok(((if name == "-" { "<stdin>".into() } else { name }), text))
 }
 
@@ -196,14 +240,24 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                     message: blocked_message(users),
                 });
             }
-            NadPlan { key: state.key, decision: Some(decision), users, nad: Some(nad.clone()) }
+            NadPlan {
+                key: state.key,
+                decision: Some(decision),
+                users,
+                nad: Some(nad.clone()),
+            }
         })
         .collect();
     let known: BTreeSet<ObjectKey> = nads.iter().map(|n| n.key.clone()).collect();
     let mut missing: Vec<&ObjectKey> = index.used_nads().filter(|k| !known.contains(*k)).collect();
     missing.sort();
     for key in missing {
-        nads.push(NadPlan { key: key.clone(), decision: None, users: index.users(key), nad: None });
+        nads.push(NadPlan {
+            key: key.clone(),
+            decision: None,
+            users: index.users(key),
+            nad: None,
+        });
     }
     nads.sort_by(|a, b| a.key.cmp(&b.key));
 
@@ -212,10 +266,19 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
         .iter()
         .filter_map(|svc| {
             let key = ObjectKey::of(svc);
-            let current: Vec<EndpointSlice> = snapshot.slices.iter().filter(|s| is_ours_for(s, &key)).cloned().collect();
+            let current: Vec<EndpointSlice> = snapshot
+                .slices
+                .iter()
+                .filter(|s| is_ours_for(s, &key))
+                .cloned()
+                .collect();
             let decision = decide_service(svc, &index, &current, max_per_slice, PLAN_TIME);
             if let Intent::Rejected { reason, message } = &decision.intent {
-                warnings.push(Warning { reason: reason.to_string(), object: format!("Service {key}"), message: message.clone() });
+                warnings.push(Warning {
+                    reason: reason.to_string(),
+                    object: format!("Service {key}"),
+                    message: message.clone(),
+                });
             }
             if decision.intent == Intent::NotOptedIn && decision.plan.is_empty() {
                 return None;
@@ -225,17 +288,30 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                 n += 1;
                 format!("{}-planned-{}-{n}", key.name, s.address_type.to_lowercase())
             });
-            Some(ServicePlan { key, decision, result })
+            Some(ServicePlan {
+                key,
+                decision,
+                result,
+            })
         })
         .collect();
     services.sort_by(|a, b| a.key.cmp(&b.key));
-    Report { nads, services, warnings }
+    Report {
+        nads,
+        services,
+        warnings,
+    }
 }
 
 fn conditions(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> String {
     let c = ep.conditions.clone().unwrap_or_default();
     let f = |b: Option<bool>| if b.unwrap_or(false) { "true" } else { "false" };
-    format!("ready={} serving={} terminating={}", f(c.ready), f(c.serving), f(c.terminating))
+    format!(
+        "ready={} serving={} terminating={}",
+        f(c.ready),
+        f(c.serving),
+        f(c.terminating)
+    )
 }
 
 fn ports(slice: &EndpointSlice) -> String {
@@ -244,11 +320,24 @@ fn ports(slice: &EndpointSlice) -> String {
         .iter()
         .flatten()
         .map(|p| {
-            let name = p.name.clone().filter(|n| !n.is_empty()).map(|n| format!("{n}:")).unwrap_or_default();
-            format!("{name}{}/{}", p.port.unwrap_or_default(), p.protocol.as_deref().unwrap_or("TCP"))
+            let name = p
+                .name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("{n}:"))
+                .unwrap_or_default();
+            format!(
+                "{name}{}/{}",
+                p.port.unwrap_or_default(),
+                p.protocol.as_deref().unwrap_or("TCP")
+            )
         })
         .collect();
-    if p.is_empty() { "(no ports)".into() } else { p.join(",") }
+    if p.is_empty() {
+        "(no ports)".into()
+    } else {
+        p.join(",")
+    }
 }
 
 pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
@@ -262,8 +351,15 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
         snapshot.services.len(),
         snapshot.slices.len(),
         if skipped > 0 {
-            let kinds: Vec<String> = snapshot.skipped.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            format!(" ({skipped} objects of other kinds skipped: {})", kinds.join(", "))
+            let kinds: Vec<String> = snapshot
+                .skipped
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            format!(
+                " ({skipped} objects of other kinds skipped: {})",
+                kinds.join(", ")
+            )
         } else {
             String::new()
         }
@@ -272,28 +368,60 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
     let _ = writeln!(out, "{:<32} {:<16} {:>4}  ACTION", "NAD", "STATE", "PODS");
     for n in &report.nads {
         let (state, action) = match &n.decision {
-            None => ("not found".to_string(), "none: pods reference a NAD that does not exist".to_string()),
-            Some(Decision::AddFinalizer) => ("unprotected".into(), format!("add finalizer {}", names::FINALIZER)),
+            None => (
+                "not found".to_string(),
+                "none: pods reference a NAD that does not exist".to_string(),
+            ),
+            Some(Decision::AddFinalizer) => (
+                "unprotected".into(),
+                format!("add finalizer {}", names::FINALIZER),
+            ),
             Some(Decision::Protected) => ("protected".into(), "none".into()),
             Some(Decision::Blocked { users }) => {
                 let shown: Vec<String> = users.iter().take(3).map(ToString::to_string).collect();
-                let more = if users.len() > 3 { format!(" and {} more", users.len() - 3) } else { String::new() };
-                ("deletion blocked".into(), format!("keep finalizer: used by {}{more}", shown.join(", ")))
+                let more = if users.len() > 3 {
+                    format!(" and {} more", users.len() - 3)
+                } else {
+                    String::new()
+                };
+                (
+                    "deletion blocked".into(),
+                    format!("keep finalizer: used by {}{more}", shown.join(", ")),
+                )
             }
-            Some(Decision::ConfirmRelease) => ("releasable".into(), "confirm no user with a live LIST, then remove finalizer".into()),
-            Some(Decision::Unprotected) => ("deleting".into(), "none: our finalizer is not on it".into()),
+            Some(Decision::ConfirmRelease) => (
+                "releasable".into(),
+                "confirm no user with a live LIST, then remove finalizer".into(),
+            ),
+            Some(Decision::Unprotected) => {
+                ("deleting".into(), "none: our finalizer is not on it".into())
+            }
         };
-        let _ = writeln!(out, "{:<32} {:<16} {:>4}  {action}", n.key.to_string(), state, n.users.len());
+        let _ = writeln!(
+            out,
+            "{:<32} {:<16} {:>4}  {action}",
+            n.key.to_string(),
+            state,
+            n.users.len()
+        );
     }
     let _ = writeln!(out, "\nSERVICES");
     if report.services.is_empty() {
-        let _ = writeln!(out, "(no Service opts in with {})", names::NETWORKS_ANNOTATION);
+        let _ = writeln!(
+            out,
+            "(no Service opts in with {})",
+            names::NETWORKS_ANNOTATION
+        );
     }
     for s in &report.services {
         let d = &s.decision;
         match &d.intent {
             Intent::OptedIn { network, selector } => {
-                let _ = writeln!(out, "{}  network {network}  selector {selector}  endpoints {}", s.key, d.endpoints);
+                let _ = writeln!(
+                    out,
+                    "{}  network {network}  selector {selector}  endpoints {}",
+                    s.key, d.endpoints
+                );
             }
             Intent::Rejected { reason, .. } => {
                 let _ = writeln!(out, "{}  rejected ({reason}): publishes nothing", s.key);
@@ -306,11 +434,18 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
         if plan.is_empty() && s.result.is_empty() {
             let _ = writeln!(out, "  no EndpointSlices");
         } else if plan.is_empty() {
-            let _ = writeln!(out, "  no change: the current EndpointSlices are already right");
+            let _ = writeln!(
+                out,
+                "  no change: the current EndpointSlices are already right"
+            );
         }
         let verb_of = |slice: &EndpointSlice| {
             let name = slice.metadata.name.as_deref().unwrap_or_default();
-            if plan.update.iter().any(|u| u.metadata.name.as_deref() == Some(name)) {
+            if plan
+                .update
+                .iter()
+                .any(|u| u.metadata.name.as_deref() == Some(name))
+            {
                 "update"
             } else if name.contains("-planned-") {
                 "create"
@@ -320,16 +455,42 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
         };
         for slice in &s.result {
             let verb = verb_of(slice);
-            let shown = if verb == "create" { format!("{}-<generated>", s.key.name) } else { slice.metadata.name.clone().unwrap_or_default() };
-            let _ = writeln!(out, "  {verb} EndpointSlice {shown}  {}  ports {}", slice.address_type, ports(slice));
+            let shown = if verb == "create" {
+                format!("{}-<generated>", s.key.name)
+            } else {
+                slice.metadata.name.clone().unwrap_or_default()
+            };
+            let _ = writeln!(
+                out,
+                "  {verb} EndpointSlice {shown}  {}  ports {}",
+                slice.address_type,
+                ports(slice)
+            );
             for ep in &slice.endpoints {
-                let pod = ep.target_ref.as_ref().and_then(|r| r.name.as_deref()).unwrap_or("-");
-                let node = ep.node_name.as_deref().map(|n| format!("  node {n}")).unwrap_or_default();
-                let _ = writeln!(out, "    {:<40} pod {pod}{node}  {}", ep.addresses.join(","), conditions(ep));
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .and_then(|r| r.name.as_deref())
+                    .unwrap_or("-");
+                let node = ep
+                    .node_name
+                    .as_deref()
+                    .map(|n| format!("  node {n}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "    {:<40} pod {pod}{node}  {}",
+                    ep.addresses.join(","),
+                    conditions(ep)
+                );
             }
         }
         for slice in &plan.delete {
-            let _ = writeln!(out, "  delete EndpointSlice {}", slice.metadata.name.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "  delete EndpointSlice {}",
+                slice.metadata.name.as_deref().unwrap_or_default()
+            );
         }
     }
     let _ = writeln!(out, "\nWARNINGS");
@@ -360,11 +521,22 @@ pub fn render_yaml(report: &Report) -> Result<String, String> {
             }));
         }
         if let Some(Decision::ConfirmRelease) = &n.decision {
-            let _ = writeln!(comments, "# release: remove finalizer {} from NetworkAttachmentDefinition {}", names::FINALIZER, n.key);
+            let _ = writeln!(
+                comments,
+                "# release: remove finalizer {} from NetworkAttachmentDefinition {}",
+                names::FINALIZER,
+                n.key
+            );
         }
     }
     for s in &report.services {
-        let written: BTreeSet<&str> = s.decision.plan.update.iter().filter_map(|u| u.metadata.name.as_deref()).collect();
+        let written: BTreeSet<&str> = s
+            .decision
+            .plan
+            .update
+            .iter()
+            .filter_map(|u| u.metadata.name.as_deref())
+            .collect();
         for slice in &s.result {
             let name = slice.metadata.name.as_deref().unwrap_or_default();
             if !(written.contains(name) || name.contains("-planned-")) {
@@ -372,17 +544,32 @@ pub fn render_yaml(report: &Report) -> Result<String, String> {
             }
             let mut slice = slice.clone();
             let m = &mut slice.metadata;
-            (m.resource_version, m.uid, m.generation, m.creation_timestamp, m.managed_fields) = (None, None, None, None, None);
+            (
+                m.resource_version,
+                m.uid,
+                m.generation,
+                m.creation_timestamp,
+                m.managed_fields,
+            ) = (None, None, None, None, None);
             let mut v = serde_json::to_value(&slice).map_err(|e| e.to_string())?;
             v["apiVersion"] = "discovery.k8s.io/v1".into();
             v["kind"] = "EndpointSlice".into();
             docs.push(v);
         }
         for slice in &s.decision.plan.delete {
-            let _ = writeln!(comments, "# delete: EndpointSlice {}/{}", s.key.namespace, slice.metadata.name.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                comments,
+                "# delete: EndpointSlice {}/{}",
+                s.key.namespace,
+                slice.metadata.name.as_deref().unwrap_or_default()
+            );
         }
     }
-    let body = if docs.is_empty() { String::new() } else { serde_saphyr::to_string_multiple(&docs).map_err(|e| e.to_string())? };
+    let body = if docs.is_empty() {
+        String::new()
+    } else {
+        serde_saphyr::to_string_multiple(&docs).map_err(|e| e.to_string())?
+    };
     Ok(format!("{comments}{body}"))
 }
 
@@ -395,7 +582,11 @@ pub fn main(args: &PlanArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = plan(&snapshot, &args.multus_namespace, args.max_endpoints_per_slice as usize);
+    let report = plan(
+        &snapshot,
+        &args.multus_namespace,
+        args.max_endpoints_per_slice as usize,
+    );
     match args.output {
         PlanOutput::Table => print!("{}", render_table(&report, &snapshot)),
         PlanOutput::Yaml => match render_yaml(&report) {

@@ -25,20 +25,34 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
             .map_err(Error::kube("listing", "NetworkAttachmentDefinitions"))?;
         for nad in page.items {
             let key = ObjectKey::of(&nad);
-            let ns_api: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &key.namespace);
+            let ns_api: Api<NetworkAttachmentDefinition> =
+                Api::namespaced(client.clone(), &key.namespace);
             let mut finalizers = nad.metadata.finalizers.clone().unwrap_or_default();
             // A conflict means the list changed under us: re-read and retry.
             let mut outcome = Released::NotHeld(key.clone());
             for _ in 0..5 {
-                let Some(patch) = remove_finalizer_patch(&finalizers) else { break };
-                match ns_api.patch_metadata(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+                let Some(patch) = remove_finalizer_patch(&finalizers) else {
+                    break;
+                };
+                match ns_api
+                    .patch_metadata(
+                        &key.name,
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(patch),
+                    )
+                    .await
+                {
                     Ok(_) => {
                         outcome = Released::Removed(key.clone());
                         break;
                     }
                     Err(kube::Error::Api(s)) if s.code == 404 => break,
                     Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
-                        match ns_api.get_metadata_opt(&key.name).await.map_err(Error::kube("reading", &key))? {
+                        match ns_api
+                            .get_metadata_opt(&key.name)
+                            .await
+                            .map_err(Error::kube("reading", &key))?
+                        {
                             Some(m) => finalizers = m.metadata.finalizers.unwrap_or_default(),
                             None => break,
                         }
@@ -58,7 +72,14 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
             None => break,
         }
     }
-    let removed = done.iter().filter(|r| matches!(r, Released::Removed(_))).count();
-    let _ = writeln!(out, "{removed} of {} NetworkAttachmentDefinitions released", done.len());
+    let removed = done
+        .iter()
+        .filter(|r| matches!(r, Released::Removed(_)))
+        .count();
+    let _ = writeln!(
+        out,
+        "{removed} of {} NetworkAttachmentDefinitions released",
+        done.len()
+    );
     Ok(done)
 }

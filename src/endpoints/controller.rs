@@ -58,7 +58,11 @@ fn service_reference(svc: &Service) -> ObjectReference {
 pub fn is_ours_for(slice: &EndpointSlice, svc: &ObjectKey) -> bool {
     slice.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
         && slice.labels().get(names::LABEL_SERVICE_NAME) == Some(&svc.name)
-        && slice.labels().get(names::LABEL_MANAGED_BY).map(String::as_str) == Some(names::MANAGED_BY)
+        && slice
+            .labels()
+            .get(names::LABEL_MANAGED_BY)
+            .map(String::as_str)
+            == Some(names::MANAGED_BY)
 }
 
 /// Our slices for this Service, as the cache holds them.
@@ -102,7 +106,11 @@ pub fn decide_service(
     };
     let endpoints = desired.iter().map(|g| g.endpoints.len()).sum();
     let plan = plan_slices(&SliceOwner::of(svc), &desired, current, max_per_slice, now);
-    ServiceDecision { intent, plan, endpoints }
+    ServiceDecision {
+        intent,
+        plan,
+        endpoints,
+    }
 }
 
 #[instrument(name = "reconcile secondary-endpoints", skip_all, fields(
@@ -122,14 +130,25 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
 
     let key = ObjectKey::of(svc.as_ref());
     let current = cached_slices(&ctx.slices, &key);
-    if ctx.tracker.lock().unwrap().is_stale(&key, &current, Instant::now()) {
+    if ctx
+        .tracker
+        .lock()
+        .unwrap()
+        .is_stale(&key, &current, Instant::now())
+    {
         debug!("slice cache is behind our last write; retrying");
         return Ok(Action::requeue(STALE_RETRY));
     }
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let decision = {
         let pods = ctx.shared.pods.read().expect("pod index lock");
-        decide_service(&svc, &pods, &current, ctx.shared.settings.max_endpoints_per_slice, &now)
+        decide_service(
+            &svc,
+            &pods,
+            &current,
+            ctx.shared.settings.max_endpoints_per_slice,
+            &now,
+        )
     };
 
     match &decision.intent {
@@ -145,8 +164,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     apply_plan(&ctx, &key, &decision.plan).await?;
     ctx.failures.lock().unwrap().remove(&key);
     if let Intent::OptedIn { network, .. } = &decision.intent {
-        let note = format!("Updated to use network {network}: {} endpoints", decision.endpoints);
-        info!(writes = decision.plan.writes(), endpoints = decision.endpoints, "{note}");
+        let note = format!(
+            "Updated to use network {network}: {} endpoints",
+            decision.endpoints
+        );
+        info!(
+            writes = decision.plan.writes(),
+            endpoints = decision.endpoints,
+            "{note}"
+        );
         ctx.shared
             .publish(
                 Event {
@@ -160,14 +186,23 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
             )
             .await;
     } else {
-        info!(deleted = decision.plan.delete.len(), "Service no longer opts in; its secondary slices were removed");
+        info!(
+            deleted = decision.plan.delete.len(),
+            "Service no longer opts in; its secondary slices were removed"
+        );
     }
     Ok(Action::requeue(RESYNC))
 }
 
 async fn warn_once(ctx: &Context, svc: &Service, key: &ObjectKey, reason: &str, message: &str) {
     let text = format!("{reason}: {message}");
-    let changed = ctx.last_warning.lock().unwrap().insert(key.clone(), text.clone()).as_ref() != Some(&text);
+    let changed = ctx
+        .last_warning
+        .lock()
+        .unwrap()
+        .insert(key.clone(), text.clone())
+        .as_ref()
+        != Some(&text);
     if changed {
         warn!(reason, "{message}");
         ctx.shared
@@ -200,7 +235,10 @@ async fn apply_plan(ctx: &Context, key: &ObjectKey, plan: &SlicePlan) -> Result<
             .await
             .map_err(Error::kube("creating an EndpointSlice for", key))?;
         ctx.shared.metrics.slice_write("create");
-        ctx.tracker.lock().unwrap().wrote(key, &created, Instant::now());
+        ctx.tracker
+            .lock()
+            .unwrap()
+            .wrote(key, &created, Instant::now());
     }
     for slice in &plan.update {
         let name = slice.metadata.name.clone().unwrap_or_default();
@@ -208,9 +246,15 @@ async fn apply_plan(ctx: &Context, key: &ObjectKey, plan: &SlicePlan) -> Result<
             .replace(&name, &pp, slice)
             .instrument(tracing::debug_span!("update endpointslice", slice = %name))
             .await
-            .map_err(Error::kube("updating EndpointSlice", format!("{}/{name}", key.namespace)))?;
+            .map_err(Error::kube(
+                "updating EndpointSlice",
+                format!("{}/{name}", key.namespace),
+            ))?;
         ctx.shared.metrics.slice_write("update");
-        ctx.tracker.lock().unwrap().wrote(key, &updated, Instant::now());
+        ctx.tracker
+            .lock()
+            .unwrap()
+            .wrote(key, &updated, Instant::now());
     }
     for slice in &plan.delete {
         let name = slice.metadata.name.clone().unwrap_or_default();
@@ -228,10 +272,18 @@ async fn apply_plan(ctx: &Context, key: &ObjectKey, plan: &SlicePlan) -> Result<
         {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::kube("deleting EndpointSlice", format!("{}/{name}", key.namespace))(e)),
+            Err(e) => {
+                return Err(Error::kube(
+                    "deleting EndpointSlice",
+                    format!("{}/{name}", key.namespace),
+                )(e));
+            }
         }
         ctx.shared.metrics.slice_write("delete");
-        ctx.tracker.lock().unwrap().deleted(key, &name, Instant::now());
+        ctx.tracker
+            .lock()
+            .unwrap()
+            .deleted(key, &name, Instant::now());
     }
     Ok(())
 }
@@ -244,7 +296,9 @@ pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Acti
         *n += 1;
         *n
     };
-    ctx.shared.metrics.failure(names::ENDPOINTS_CONTROLLER, error.metric_label());
+    ctx.shared
+        .metrics
+        .failure(names::ENDPOINTS_CONTROLLER, error.metric_label());
     let delay = crate::protection::controller::retry_delay(attempt - 1);
     warn!(service = %key, attempt, retry_in = ?delay, %error, "reconcile failed");
     Action::requeue(delay)
@@ -268,13 +322,18 @@ pub async fn run(
 ) {
     let slice_api: Api<EndpointSlice> = Api::all(shared.client.clone());
     let (slices, writer) = reflector::store();
-    let slice_stream = watcher(slice_api, watcher::Config::default().labels(&managed_slices_selector()).any_semantic())
-        .default_backoff()
-        .modify(|s| {
-            s.managed_fields_mut().clear();
-        })
-        .reflect(writer)
-        .touched_objects();
+    let slice_stream = watcher(
+        slice_api,
+        watcher::Config::default()
+            .labels(&managed_slices_selector())
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(|s| {
+        s.managed_fields_mut().clear();
+    })
+    .reflect(writer)
+    .touched_objects();
     let ctx = Arc::new(Context::new(shared, slices));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
     Controller::for_stream(service_events, services)
@@ -293,7 +352,12 @@ pub async fn run(
 
 /// The Service watch: a reflector whose store the pod feed reads to find the
 /// Services a pod change concerns.
-pub fn service_watch(client: kube::Client) -> (Store<Service>, impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static) {
+pub fn service_watch(
+    client: kube::Client,
+) -> (
+    Store<Service>,
+    impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
+) {
     let api: Api<Service> = Api::all(client);
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
@@ -318,9 +382,259 @@ pub fn services_selecting<'a>(
         .iter()
         .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
         .filter(|s| match service_intent(s) {
-            Intent::OptedIn { selector, .. } => labels.clone().into_iter().any(|l| selector.matches(l)),
+            Intent::OptedIn { selector, .. } => {
+                labels.clone().into_iter().any(|l| selector.matches(l))
+            }
             _ => false,
         })
         .map(|s| ObjectKey::of(s.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, ApiServerVerifier, pod_json, pod_view};
+    use http::Method;
+    use serde_json::{Value, json};
+
+    const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+    pub fn service(annotations: Value, spec: Value) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "hostnames", "namespace": "default", "uid": "svc-uid", "annotations": annotations},
+                "spec": spec
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn opted_in() -> Arc<Service> {
+        service(
+            json!({"k8s.v1.cni.cncf.io/networks": "br0", "k8s.v1.cni.cncf.io/selector": "app=hostnames"}),
+            json!({"ports": [{"port": 80, "targetPort": 9376, "protocol": "TCP"}], "ipFamilies": ["IPv4"]}),
+        )
+    }
+
+    fn hostnames_pod(name: &str, ip: &str, ready: bool) -> Value {
+        let status = json!([{"name": "kindnet", "ips": ["10.244.0.9"], "default": true}, {"name": "default/br0", "ips": [ip]}]);
+        pod_json(
+            "default",
+            name,
+            json!({"k8s.v1.cni.cncf.io/networks": "br0", "k8s.v1.cni.cncf.io/network-status": status.to_string()}),
+            json!({"app": "hostnames"}),
+            "Running",
+            ready,
+        )
+    }
+
+    fn context(pods: &[Value], slices: &[EndpointSlice]) -> (Arc<Context>, ApiServerVerifier) {
+        let (shared, verifier) = fixtures::shared();
+        for p in pods {
+            shared.pods.write().unwrap().upsert(pod_view(p.clone()));
+        }
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for s in slices {
+            writer.apply_watcher_event(&watcher::Event::InitApply(s.clone()));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        std::mem::forget(writer);
+        (Arc::new(Context::new(shared, store)), verifier)
+    }
+
+    fn as_slice(v: Value, name: &str) -> EndpointSlice {
+        let mut s: EndpointSlice = serde_json::from_value(v).unwrap();
+        s.metadata.name = Some(name.into());
+        s.metadata.generate_name = None;
+        s.metadata.resource_version = Some("1".into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.generation = Some(1);
+        s
+    }
+
+    /// First sight: one create, then the Normal Event; returns the created slice.
+    async fn first_sight(pods: &[Value]) -> EndpointSlice {
+        let (ctx, mut api) = context(pods, &[]);
+        let task = tokio::spawn(reconcile(opted_in(), ctx));
+        let created = api.expect(Method::POST, SLICES).await;
+        assert!(
+            created
+                .query
+                .contains("fieldManager=k8s-net-attach-def-controller"),
+            "{}",
+            created.query
+        );
+        let body = created.echo(json!({"name": "hostnames-abcde", "generation": 1}));
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], names::reasons::SECONDARY_ENDPOINTS_UPDATED);
+        assert_eq!(
+            event["note"],
+            format!(
+                "Updated to use network default/br0: {} endpoints",
+                pods.len()
+            )
+        );
+        task.await.unwrap().unwrap();
+        api.expect_silence().await;
+        as_slice(body, "hostnames-abcde")
+    }
+
+    #[tokio::test]
+    async fn creates_a_slice_with_the_secondary_address_on_first_sight() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        assert_eq!(slice.address_type, "IPv4");
+        assert_eq!(slice.endpoints[0].addresses, vec!["192.168.0.51"]);
+        assert_eq!(slice.labels()[names::LABEL_SERVICE_NAME], "hostnames");
+        assert_eq!(slice.labels()[names::LABEL_MANAGED_BY], names::MANAGED_BY);
+        assert_eq!(slice.owner_references()[0].uid, "svc-uid");
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_service_sends_nothing() {
+        let pods = [hostnames_pod("hostnames-1", "192.168.0.51", true)];
+        let slice = first_sight(&pods).await;
+        let (ctx, mut api) = context(&pods, &[slice]);
+        let action = tokio::spawn(reconcile(opted_in(), ctx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_readiness_flip_updates_the_slice_in_place() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        let (ctx, mut api) = context(
+            &[hostnames_pod("hostnames-1", "192.168.0.51", false)],
+            &[slice],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx));
+        let body = api
+            .expect(Method::PUT, &format!("{SLICES}/hostnames-abcde"))
+            .await
+            .echo(json!({"generation": 2}));
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "1",
+            "an update carries the version it was planned from"
+        );
+        assert_eq!(
+            body["endpoints"][0]["conditions"],
+            json!({"ready": false, "serving": false, "terminating": false})
+        );
+        api.expect_event("default").await;
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn opting_out_deletes_our_slices_without_an_event() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        let (ctx, mut api) = context(
+            &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
+            &[slice],
+        );
+        let plain = service(json!({}), json!({"ports": [{"port": 80}]}));
+        let task = tokio::spawn(reconcile(plain, ctx));
+        let delete = api
+            .expect(Method::DELETE, &format!("{SLICES}/hostnames-abcde"))
+            .await;
+        assert_eq!(
+            delete.body["preconditions"],
+            json!({"uid": "uid-hostnames-abcde", "resourceVersion": "1"})
+        );
+        delete.respond(200, fixtures::status(200, "Success"));
+        task.await.unwrap().unwrap();
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_spec_selector_is_a_conflict_and_publishes_nothing() {
+        let (ctx, mut api) = context(&[hostnames_pod("hostnames-1", "192.168.0.51", true)], &[]);
+        let conflicting = service(
+            json!({"k8s.v1.cni.cncf.io/networks": "br0"}),
+            json!({"selector": {"app": "hostnames"}, "ports": [{"port": 80}]}),
+        );
+        let task = tokio::spawn(reconcile(conflicting.clone(), ctx.clone()));
+        let event = api.expect_event("default").await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some(names::reasons::SELECTOR_CONFLICT))
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("remove spec.selector")
+        );
+        task.await.unwrap().unwrap();
+        api.expect_silence().await;
+        // repeated reconciles do not repeat the Warning
+        tokio::spawn(reconcile(conflicting, ctx))
+            .await
+            .unwrap()
+            .unwrap();
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_update_fails_for_a_retry_and_never_overwrites() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        let (ctx, mut api) = context(
+            &[hostnames_pod("hostnames-1", "192.168.0.52", true)],
+            &[slice],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx));
+        api.expect(Method::PUT, &format!("{SLICES}/hostnames-abcde"))
+            .await
+            .respond(409, fixtures::status(409, "Conflict"));
+        let err = task.await.unwrap().unwrap_err();
+        assert!(err.is_conflict());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_cache_behind_our_last_write_waits_instead_of_planning() {
+        let pods = [hostnames_pod("hostnames-1", "192.168.0.51", true)];
+        let (ctx, mut api) = context(&pods, &[]);
+        // our create returned; the cache has not seen it yet
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        api.expect(Method::POST, SLICES)
+            .await
+            .echo(json!({"name": "hostnames-abcde", "generation": 1}));
+        api.expect_event("default").await;
+        task.await.unwrap().unwrap();
+        let action = tokio::spawn(reconcile(opted_in(), ctx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::requeue(STALE_RETRY));
+        api.expect_silence().await;
+    }
+
+    #[test]
+    fn pod_changes_reach_only_the_services_that_select_the_pod() {
+        let (store, mut writer) = reflector::store::<Service>();
+        let mut other_ns = (*opted_in()).clone();
+        other_ns.metadata.namespace = Some("elsewhere".into());
+        let mut other_sel = (*opted_in()).clone();
+        other_sel.metadata.name = Some("other".into());
+        other_sel
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(names::SELECTOR_ANNOTATION.into(), "app=other".into());
+        for s in [(*opted_in()).clone(), other_ns, other_sel] {
+            writer.apply_watcher_event(&watcher::Event::Apply(s));
+        }
+        let labels =
+            std::collections::BTreeMap::from([("app".to_string(), "hostnames".to_string())]);
+        assert_eq!(
+            services_selecting(&store, "default", [&labels]),
+            vec![ObjectKey::new("default", "hostnames")]
+        );
+    }
 }

@@ -9,7 +9,7 @@ use crate::{Error, Result, names};
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, ListParams, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -46,7 +46,9 @@ impl Context {
     }
 }
 
-pub fn nad_reference(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectReference {
+pub fn nad_reference(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> ObjectReference {
     ObjectReference {
         api_version: Some(NetworkAttachmentDefinition::api_version(&()).into()),
         kind: Some(NetworkAttachmentDefinition::kind(&()).into()),
@@ -72,7 +74,12 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
     ctx.shared.pods_ready().await;
 
     let state = NadState::from_meta(&nad.metadata);
-    let users = ctx.shared.pods.read().expect("pod index lock").users(&state.key);
+    let users = ctx
+        .shared
+        .pods
+        .read()
+        .expect("pod index lock")
+        .users(&state.key);
     let decision = decide::decide(&state, &users);
     let action = match decision {
         Decision::AddFinalizer => {
@@ -93,7 +100,10 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
                 release(&ctx, &nad, &state).await?;
                 Action::await_change()
             } else {
-                info!(users = live.len(), "the live LIST still shows users; the cache is behind");
+                info!(
+                    users = live.len(),
+                    "the live LIST still shows users; the cache is behind"
+                );
                 report_blocked(&ctx, &nad, &live).await;
                 Action::requeue(CACHE_LAG_RECHECK)
             }
@@ -117,7 +127,9 @@ pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Acti
         *n += 1;
         *n
     };
-    ctx.shared.metrics.failure(names::PROTECTION_CONTROLLER, error.metric_label());
+    ctx.shared
+        .metrics
+        .failure(names::PROTECTION_CONTROLLER, error.metric_label());
     let delay = retry_delay(attempt - 1);
     warn!(nad = %key, attempt, retry_in = ?delay, %error, "reconcile failed");
     Action::requeue(delay)
@@ -150,7 +162,8 @@ fn retry_policy() -> ExponentialBuilder {
 /// Adds the finalizer; on a conflict, re-reads the NAD and tries again from
 /// what the API server holds, never from a guess.
 async fn add_finalizer(ctx: &Context, cached: &NadState) -> Result<()> {
-    let api: Api<NetworkAttachmentDefinition> = Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
+    let api: Api<NetworkAttachmentDefinition> =
+        Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
     let name = cached.key.name.as_str();
     let attempt = || async {
         let current = NadState::from_meta(
@@ -171,7 +184,10 @@ async fn add_finalizer(ctx: &Context, cached: &NadState) -> Result<()> {
     };
     // First try from the cached state, without a GET.
     let patch = Patch::<()>::Json(decide::add_finalizer_patch(cached));
-    match api.patch_metadata(name, &PatchParams::default(), &patch).await {
+    match api
+        .patch_metadata(name, &PatchParams::default(), &patch)
+        .await
+    {
         Ok(_) => {
             info!("finalizer added");
             Ok(())
@@ -189,7 +205,8 @@ async fn add_finalizer(ctx: &Context, cached: &NadState) -> Result<()> {
 /// Removes our finalizer with a `test`-guarded JSON patch, retrying on
 /// conflict from a fresh read, then reports the release.
 async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> {
-    let api: Api<NetworkAttachmentDefinition> = Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
+    let api: Api<NetworkAttachmentDefinition> =
+        Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
     let name = cached.key.name.as_str();
     let remove = |finalizers: Vec<String>| {
         let api = api.clone();
@@ -206,14 +223,25 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
     let removed = match remove(cached.finalizers.clone()).await {
         Err(e) if e.is_conflict() => {
             let refetch = || async {
-                match api.get_metadata_opt(name).await.map_err(Error::kube("reading", &cached.key))? {
-                    Some(m) if m.metadata.uid == nad.metadata.uid => remove(m.metadata.finalizers.unwrap_or_default()).await,
+                match api
+                    .get_metadata_opt(name)
+                    .await
+                    .map_err(Error::kube("reading", &cached.key))?
+                {
+                    Some(m) if m.metadata.uid == nad.metadata.uid => {
+                        remove(m.metadata.finalizers.unwrap_or_default()).await
+                    }
                     _ => Ok(false),
                 }
             };
-            refetch.retry(retry_policy()).when(Error::is_conflict).await?
+            refetch
+                .retry(retry_policy())
+                .when(Error::is_conflict)
+                .await?
         }
-        Err(e) if matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) => false,
+        Err(e) if matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) => {
+            false
+        }
         other => other?,
     };
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
@@ -238,7 +266,13 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
 async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     let key = ObjectKey::of(nad);
     let message = decide::blocked_message(users);
-    let changed = ctx.last_blocked.lock().unwrap().insert(key, message.clone()).as_ref() != Some(&message);
+    let changed = ctx
+        .last_blocked
+        .lock()
+        .unwrap()
+        .insert(key, message.clone())
+        .as_ref()
+        != Some(&message);
     if changed {
         info!(users = users.len(), "deletion blocked");
         ctx.shared
@@ -314,4 +348,223 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, ApiServerVerifier, pod_json, pod_view};
+    use http::Method;
+    use serde_json::{Value, json};
+
+    const NAD_PATH: &str =
+        "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/foo-network";
+    const PODS_PATH: &str = "/api/v1/pods";
+
+    fn nad(deleting: bool, finalizers: &[&str]) -> Value {
+        let mut meta = json!({"name": "foo-network", "namespace": "default", "uid": "nad-uid", "resourceVersion": "7", "finalizers": finalizers});
+        if deleting {
+            meta["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+        }
+        json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": meta})
+    }
+
+    fn nad_meta(v: &Value) -> Arc<NadMeta> {
+        Arc::new(serde_json::from_value(v.clone()).unwrap())
+    }
+
+    fn demo_pod(phase: &str) -> Value {
+        pod_json(
+            "default",
+            "demo",
+            json!({"k8s.v1.cni.cncf.io/networks": "foo-network, foo-network"}),
+            json!({}),
+            phase,
+            false,
+        )
+    }
+
+    fn context(pods: &[Value]) -> (Arc<Context>, ApiServerVerifier) {
+        let (shared, verifier) = fixtures::shared();
+        for p in pods {
+            shared.pods.write().unwrap().upsert(pod_view(p.clone()));
+        }
+        let (store, _writer) = reflector::store();
+        (Arc::new(Context::new(shared, store)), verifier)
+    }
+
+    fn pod_list(items: &[Value]) -> Value {
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": items})
+    }
+
+    #[tokio::test]
+    async fn a_new_nad_gets_the_finalizer() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(false, &["someone-else"]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        let patch = api.expect(Method::PATCH, NAD_PATH).await.respond(200, obj);
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}
+            ])
+        );
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn deletion_is_blocked_while_a_pod_uses_it() {
+        let (ctx, mut api) = context(&[demo_pod("Pending")]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        let event = api.expect_event("default").await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], names::reasons::DELETION_BLOCKED);
+        assert_eq!(event["reportingController"], names::REPORTER);
+        assert!(
+            event["note"].as_str().unwrap().contains("default/demo"),
+            "{event}"
+        );
+        assert_eq!(event["regarding"]["uid"], "nad-uid");
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(BLOCKED_RECHECK)
+        );
+        api.expect_silence().await;
+
+        // the same situation again: no second Event, no write
+        let again = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        assert_eq!(
+            again.await.unwrap().unwrap(),
+            Action::requeue(BLOCKED_RECHECK)
+        );
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn the_finalizer_is_removed_once_a_live_list_shows_no_user() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(true, &["other", names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        let list = api.expect(Method::GET, PODS_PATH).await;
+        assert!(
+            list.query.contains("limit=500"),
+            "paginated: {}",
+            list.query
+        );
+        list.respond(200, pod_list(&[]));
+        let patch = api.expect(Method::PATCH, NAD_PATH).await.respond(200, obj);
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": names::FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"}
+            ])
+        );
+        let event = api.expect_event("default").await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Normal"), Some(names::reasons::PROTECTION_RELEASED))
+        );
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn the_live_list_is_read_page_by_page() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        let mut first = pod_list(&[]);
+        first["metadata"]["continue"] = json!("page-2");
+        api.expect(Method::GET, PODS_PATH).await.respond(200, first);
+        let second = api.expect(Method::GET, PODS_PATH).await;
+        assert!(second.query.contains("continue=page-2"), "{}", second.query);
+        second.respond(200, pod_list(&[demo_pod("Running")]));
+        // a user on page 2: blocked, no patch
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], names::reasons::DELETION_BLOCKED);
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(CACHE_LAG_RECHECK)
+        );
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_terminal_pod_does_not_block() {
+        let (ctx, mut api) = context(&[demo_pod("Succeeded")]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[demo_pod("Succeeded")]));
+        api.expect(Method::PATCH, NAD_PATH).await.respond(200, obj);
+        api.expect_event("default").await;
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_release_rereads_and_retries_from_the_server_state() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[]));
+        api.expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(422, fixtures::status(422, "Invalid"));
+        // someone added a finalizer in front of ours meanwhile
+        let fresh = nad(true, &["added-meanwhile", names::FINALIZER]);
+        api.expect(Method::GET, NAD_PATH)
+            .await
+            .respond(200, fresh.clone());
+        let patch = api
+            .expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(200, fresh);
+        assert_eq!(
+            patch[0],
+            json!({"op": "test", "path": "/metadata/finalizers/1", "value": names::FINALIZER})
+        );
+        api.expect_event("default").await;
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_server_error_fails_the_reconcile_for_the_error_policy() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(false, &[]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(503, fixtures::status(503, "ServiceUnavailable"));
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.metric_label(), "api_503");
+        assert!(err.to_string().contains("default/foo-network"), "{err}");
+        let first = error_policy(nad_meta(&obj), &err, ctx.clone());
+        let second = error_policy(nad_meta(&obj), &err, ctx.clone());
+        assert_eq!(
+            (first, second),
+            (
+                Action::requeue(Duration::from_secs(1)),
+                Action::requeue(Duration::from_secs(2))
+            )
+        );
+        assert!(
+            ctx.shared
+                .metrics
+                .render()
+                .contains("reason=\"api_503\"} 2")
+        );
+    }
+
+    #[test]
+    fn retry_delay_is_capped() {
+        assert_eq!(retry_delay(0), Duration::from_secs(1));
+        assert_eq!(retry_delay(3), Duration::from_secs(8));
+        assert_eq!(retry_delay(50), Duration::from_secs(300));
+    }
 }

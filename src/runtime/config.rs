@@ -53,7 +53,11 @@ pub struct RunArgs {
     #[arg(long, env = "LEADER_ELECT", value_enum, default_value_t = LeaderElect::Auto)]
     pub leader_elect: LeaderElect,
     /// Name of the Lease used for leader election.
-    #[arg(long, env = "LEASE_NAME", default_value = "k8s-net-attach-def-controller")]
+    #[arg(
+        long,
+        env = "LEASE_NAME",
+        default_value = "k8s-net-attach-def-controller"
+    )]
     pub lease_name: String,
     /// Namespace of the Lease; defaults to the pod's own namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "net-attach-def-system")]
@@ -129,7 +133,9 @@ mod tests {
     #[test]
     fn run_defaults() {
         let cli = Cli::try_parse_from(["x", "run"]).unwrap();
-        let Command::Run(run) = cli.command else { panic!() };
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
         assert_eq!(run.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(run.max_endpoints_per_slice, 100);
         assert_eq!(run.multus_namespace, "kube-system");
@@ -138,9 +144,21 @@ mod tests {
 
     #[test]
     fn flags_override_and_limits_are_enforced() {
-        let cli = Cli::try_parse_from(["x", "--log-format", "json", "run", "--leader-elect", "off", "--max-endpoints-per-slice", "1000"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--log-format",
+            "json",
+            "run",
+            "--leader-elect",
+            "off",
+            "--max-endpoints-per-slice",
+            "1000",
+        ])
+        .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
-        let Command::Run(run) = cli.command else { panic!() };
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
         assert!(!run.leader_election_enabled());
         assert_eq!(run.settings().max_endpoints_per_slice, 1000);
         assert!(Cli::try_parse_from(["x", "run", "--max-endpoints-per-slice", "0"]).is_err());
@@ -150,10 +168,16 @@ mod tests {
 
     #[test]
     fn plan_takes_several_files() {
-        let cli = Cli::try_parse_from(["x", "plan", "-f", "a.yaml", "-f", "-", "-o", "yaml"]).unwrap();
-        let Command::Plan(plan) = cli.command else { panic!() };
+        let cli =
+            Cli::try_parse_from(["x", "plan", "-f", "a.yaml", "-f", "-", "-o", "yaml"]).unwrap();
+        let Command::Plan(plan) = cli.command else {
+            panic!()
+        };
         assert_eq!(plan.files.len(), 2);
         assert_eq!(plan.output, PlanOutput::Yaml);
-        assert!(Cli::try_parse_from(["x", "plan"]).is_err(), "-f is required");
+        assert!(
+            Cli::try_parse_from(["x", "plan"]).is_err(),
+            "-f is required"
+        );
     }
 }

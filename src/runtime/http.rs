@@ -2,7 +2,9 @@
 //! synced, or a healthy standby), `/metrics` (Prometheus text format).
 
 use super::metrics::Metrics;
-use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -24,13 +26,19 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if *s.ready.borrow() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: caches not synced or the API server is unreachable")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: caches not synced or the API server is unreachable",
+        )
     }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }
@@ -42,7 +50,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -54,7 +64,11 @@ mod tests {
 
     async fn get(router: Router, path: &str) -> (StatusCode, String) {
         let res = router
-            .oneshot(axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap())
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         let status = res.status();
@@ -69,11 +83,17 @@ mod tests {
         metrics.slice_write("update");
         let r = router(HttpState { metrics, ready: rx });
         assert_eq!(get(r.clone(), "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(r.clone(), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(r.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         tx.send(true).unwrap();
         assert_eq!(get(r.clone(), "/readyz").await.0, StatusCode::OK);
         let (status, body) = get(r, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("nadc_endpointslice_writes_total{verb=\"update\"} 1"), "{body}");
+        assert!(
+            body.contains("nadc_endpointslice_writes_total{verb=\"update\"} 1"),
+            "{body}"
+        );
     }
 }

@@ -16,12 +16,22 @@ pub struct Leadership {
 
 impl Leadership {
     /// Starts competing for the lease; retries until the API server answers.
-    pub async fn start(client: kube::Client, name: &str, namespace: &str, identity: &str, duration_secs: u64) -> Self {
+    pub async fn start(
+        client: kube::Client,
+        name: &str,
+        namespace: &str,
+        identity: &str,
+        duration_secs: u64,
+    ) -> Self {
         let mut delay = Duration::from_millis(500);
         let manager = loop {
             let built = LeaseManagerBuilder::new(client.clone(), name)
                 .with_namespace(namespace)
-                .with_parameters(LeaseParams::new(identity, duration_secs, (duration_secs / 3).max(1)))
+                .with_parameters(LeaseParams::new(
+                    identity,
+                    duration_secs,
+                    (duration_secs / 3).max(1),
+                ))
                 .with_field_manager(crate::names::FIELD_MANAGER)
                 .build()
                 .await;

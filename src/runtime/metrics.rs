@@ -50,34 +50,59 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("nadc");
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
-        let duration = Family::<ControllerLabels, HistogramWithExemplars<TraceLabel>>::new_with_constructor(|| {
-            HistogramWithExemplars::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0].into_iter())
-        });
+        let duration =
+            Family::<ControllerLabels, HistogramWithExemplars<TraceLabel>>::new_with_constructor(
+                || {
+                    HistogramWithExemplars::new(
+                        [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0].into_iter(),
+                    )
+                },
+            );
         let nads_protected = Gauge::default();
         let deletions_blocked = Gauge::default();
         let slice_writes = Family::<VerbLabels, Counter>::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
-        registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
-        registry.register("reconcile_failures", "Reconciles that failed, by controller and reason", failures.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles run, by controller",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by controller and reason",
+            failures.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Reconcile duration, with the trace id as exemplar",
             duration.clone(),
         );
-        registry.register("nads_protected", "NetworkAttachmentDefinitions holding our finalizer", nads_protected.clone());
+        registry.register(
+            "nads_protected",
+            "NetworkAttachmentDefinitions holding our finalizer",
+            nads_protected.clone(),
+        );
         registry.register(
             "nad_deletions_blocked",
             "NetworkAttachmentDefinitions being deleted whose finalizer we still hold",
             deletions_blocked.clone(),
         );
-        registry.register("endpointslice_writes", "EndpointSlice writes sent, by verb", slice_writes.clone());
+        registry.register(
+            "endpointslice_writes",
+            "EndpointSlice writes sent, by verb",
+            slice_writes.clone(),
+        );
         registry.register(
             "invalid_annotations",
             "Pod annotations that did not parse, by annotation",
             invalid_annotations.clone(),
         );
-        registry.register("pods_indexed", "Pods in the shared pod index", pods_indexed.clone());
+        registry.register(
+            "pods_indexed",
+            "Pods in the shared pod index",
+            pods_indexed.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -124,7 +149,9 @@ impl Metrics {
     }
 
     pub fn slice_write(&self, verb: &str) {
-        self.slice_writes.get_or_create(&VerbLabels { verb: verb.into() }).inc();
+        self.slice_writes
+            .get_or_create(&VerbLabels { verb: verb.into() })
+            .inc();
     }
 }
 
@@ -138,10 +165,11 @@ pub struct ReconcileTimer<'a> {
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         let exemplar = self.trace_id.take().map(|trace_id| TraceLabel { trace_id });
-        self.metrics
-            .duration
-            .get_or_create(&self.labels)
-            .observe(self.start.elapsed().as_secs_f64(), exemplar, None);
+        self.metrics.duration.get_or_create(&self.labels).observe(
+            self.start.elapsed().as_secs_f64(),
+            exemplar,
+            None,
+        );
     }
 }
 

@@ -8,8 +8,8 @@ pub mod metrics;
 pub mod telemetry;
 
 use crate::{index::PodIndex, names};
-use kube::runtime::events::{Event, Recorder, Reporter};
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder, Reporter};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -45,7 +45,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(client: kube::Client, metrics: Arc<metrics::Metrics>, settings: Settings, instance: Option<String>) -> (Self, watch::Sender<bool>) {
+    pub fn new(
+        client: kube::Client,
+        metrics: Arc<metrics::Metrics>,
+        settings: Settings,
+        instance: Option<String>,
+    ) -> (Self, watch::Sender<bool>) {
         let (synced_tx, synced_rx) = watch::channel(false);
         let reporter = Reporter {
             controller: names::REPORTER.into(),

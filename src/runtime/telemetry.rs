@@ -6,7 +6,9 @@
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -37,11 +39,17 @@ pub fn otlp_provider_from_env() -> anyhow::Result<Option<SdkTracerProvider>> {
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none_or(|v| v.is_empty()) {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(SERVICE_NAME).build())
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(SERVICE_NAME)
+                    .build(),
+            )
             .build(),
     ))
 }
@@ -59,11 +67,18 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
     };
     let provider = otlp_provider_from_env()?;
     let otel = provider.as_ref().map(otel_layer);
-    Registry::default().with(filter).with(fmt).with(otel).try_init()?;
+    Registry::default()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
     Ok(Telemetry { provider })
 }
 

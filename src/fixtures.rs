@@ -1,0 +1,151 @@
+//! Test fixtures: a mock API server that asserts a reconcile's requests one
+//! by one (the `ApiServerVerifier` pattern of kube-rs/controller-rs), and
+//! builders for the objects the tests use.
+
+use crate::runtime::{Settings, Shared, metrics::Metrics};
+use http::{Method, Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_test::mock::{Handle, SendResponse};
+
+pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
+
+/// One request received by the mock API server, waiting for its response.
+pub struct Exchange {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+    send: SendResponse<Response<Body>>,
+}
+
+impl Exchange {
+    /// Answers with `status` and a JSON body; returns the request body.
+    pub fn respond(self, status: u16, body: Value) -> Value {
+        let response = Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        self.send.send_response(response);
+        self.body
+    }
+
+    /// Answers by echoing the request body (what a create/update returns),
+    /// with the given metadata fields merged in.
+    pub fn echo(self, meta: Value) -> Value {
+        let mut out = self.body.clone();
+        if let (Some(m), Value::Object(extra)) =
+            (out.get_mut("metadata").and_then(Value::as_object_mut), meta)
+        {
+            m.extend(extra);
+        }
+        self.respond(200, out)
+    }
+}
+
+pub fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+impl ApiServerVerifier {
+    /// The next request, which must have this method and path.
+    pub async fn expect(&mut self, method: Method, path: &str) -> Exchange {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(1), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+            .expect("the client was dropped");
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(
+            (&parts.method, parts.uri.path()),
+            (&method, path),
+            "unexpected request {} {} with body {body}",
+            parts.method,
+            parts.uri
+        );
+        Exchange {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            body,
+            send,
+        }
+    }
+
+    /// Expects an Event to be published (POST events.k8s.io), answers it,
+    /// and returns it.
+    pub async fn expect_event(&mut self, namespace: &str) -> Value {
+        let ex = self
+            .expect(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+            )
+            .await;
+        let body = ex.body.clone();
+        ex.respond(201, body)
+    }
+
+    /// Asserts that no further request arrives.
+    pub async fn expect_silence(&mut self) {
+        if let Ok(Some((req, _))) =
+            tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
+        {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+/// A client wired to a mock API server.
+pub fn mock_client() -> (kube::Client, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (
+        kube::Client::new(service, "default"),
+        ApiServerVerifier(handle),
+    )
+}
+
+/// Shared state over a mock client, with the pod index marked synced.
+pub fn shared() -> (Shared, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let (shared, synced) = Shared::new(
+        client,
+        Arc::new(Metrics::default()),
+        Settings::default(),
+        Some("test".into()),
+    );
+    synced.send(true).unwrap();
+    std::mem::forget(synced);
+    (shared, verifier)
+}
+
+/// A pod as JSON, in the shape the API server returns.
+pub fn pod_json(
+    ns: &str,
+    name: &str,
+    annotations: Value,
+    labels: Value,
+    phase: &str,
+    ready: bool,
+) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels, "annotations": annotations},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 9376}]}]},
+        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+pub fn pod_view(json: Value) -> crate::model::PodView {
+    crate::model::PodView::new(
+        serde_json::from_value(json).unwrap(),
+        crate::names::DEFAULT_MULTUS_NAMESPACE,
+    )
+}
