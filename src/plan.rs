@@ -32,8 +32,8 @@ pub enum InputError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}: {size} bytes is over the {MAX_INPUT_BYTES} byte limit; split the snapshot")]
-    TooLarge { file: String, size: u64 },
+    #[error("{file}: over the {limit} byte limit; split the snapshot")]
+    TooLarge { file: String, limit: u64 },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
     #[error("{file}: document {document}: {message}")]
@@ -57,9 +57,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn load(files: &[PathBuf]) -> Result<Self, InputError> {
+        Self::load_with_limit(files, MAX_INPUT_BYTES)
+    }
+
+    pub fn load_with_limit(files: &[PathBuf], max_bytes: u64) -> Result<Self, InputError> {
         let mut snapshot = Snapshot::default();
         for file in files {
-            let (name, text) = read_input(file)?;
+            let (name, text) = read_input(file, max_bytes)?;
             snapshot.add_yaml(&name, &text)?;
         }
         Ok(snapshot)
@@ -149,7 +153,7 @@ impl Snapshot {
     }
 }
 
-fn read_input(path: &Path) -> Result<(String, String), InputError> {
+fn read_input(path: &Path, max_bytes: u64) -> Result<(String, String), InputError> {
     let name = path.display().to_string();
     let read_err = |source| InputError::Read {
         file: name.clone(),
@@ -158,18 +162,18 @@ fn read_input(path: &Path) -> Result<(String, String), InputError> {
     let mut bytes = Vec::new();
     if name == "-" {
         std::io::stdin()
-            .take(MAX_INPUT_BYTES + 1)
+            .take(max_bytes + 1)
             .read_to_end(&mut bytes)
             .map_err(read_err)?;
     } else {
         std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes))
+            .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut bytes))
             .map_err(read_err)?;
     }
-    if bytes.len() as u64 > MAX_INPUT_BYTES {
+    if bytes.len() as u64 > max_bytes {
         return Err(InputError::TooLarge {
             file: name,
-            size: bytes.len() as u64,
+            limit: max_bytes,
         });
     }
     let text = String::from_utf8(bytes).map_err(|e| InputError::Yaml {
@@ -598,4 +602,230 @@ pub fn main(args: &PlanArgs) -> ExitCode {
         },
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use crate::protection::decide::add_finalizer_patch;
+    use http::Method;
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const SEED: &str = include_str!("../manifests/examples/seed-cluster.yaml");
+
+    fn seed() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.add_yaml("seed-cluster.yaml", SEED).unwrap();
+        s
+    }
+
+    #[test]
+    fn the_seed_snapshot_plans_both_scenarios() {
+        let report = plan(&seed(), "kube-system", 100);
+        let by_name: BTreeMap<String, &NadPlan> =
+            report.nads.iter().map(|n| (n.key.to_string(), n)).collect();
+        assert_eq!(
+            by_name["default/br0"].decision,
+            Some(Decision::AddFinalizer)
+        );
+        assert_eq!(
+            by_name["default/foo-network"].decision,
+            Some(Decision::Blocked {
+                users: vec![ObjectKey::new("default", "demo")]
+            })
+        );
+        let hostnames = report
+            .services
+            .iter()
+            .find(|s| s.key.name == "hostnames")
+            .unwrap();
+        assert_eq!(hostnames.decision.plan.create.len(), 1);
+        assert_eq!(
+            hostnames.decision.plan.create[0].endpoints[0].addresses,
+            vec!["192.168.0.51"]
+        );
+        let reasons: Vec<&str> = report.warnings.iter().map(|w| w.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            vec![reasons::DELETION_BLOCKED, reasons::SELECTOR_CONFLICT]
+        );
+    }
+
+    #[test]
+    fn lists_and_documents_mix_and_other_kinds_are_counted() {
+        let mut s = Snapshot::default();
+        s.add_yaml(
+            "x.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: PodList\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n---\n",
+        )
+        .unwrap();
+        assert_eq!(s.pods.len(), 1);
+        assert_eq!(s.pods[0].metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(s.skipped.get("ConfigMap"), Some(&1));
+    }
+
+    #[test]
+    fn bad_input_names_the_file_and_the_document() {
+        let mut s = Snapshot::default();
+        let err = s
+            .add_yaml("bad.yaml", "a: [unclosed")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("bad.yaml: not valid YAML"), "{err}");
+        let err = s
+            .add_yaml(
+                "bad.yaml",
+                "kind: ConfigMap\nmetadata: {name: a}\n---\nmetadata: {name: b}\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "bad.yaml: document 2: object has no `kind`");
+        let err = s
+            .add_yaml("bad.yaml", "apiVersion: v1\nkind: Service\nmetadata: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "bad.yaml: document 1: Service has no metadata.name");
+        let err = s
+            .add_yaml(
+                "bad.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: 7}\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.yaml: document 1: Service \"s\" is malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("nadc-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("big.yaml");
+        std::fs::write(&file, "x".repeat(2048)).unwrap();
+        let err = Snapshot::load_with_limit(std::slice::from_ref(&file), 1024).unwrap_err();
+        assert!(matches!(err, InputError::TooLarge { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn yaml_output_is_what_kubectl_apply_takes() {
+        let report = plan(&seed(), "kube-system", 100);
+        let yaml = render_yaml(&report).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, vec!["NetworkAttachmentDefinition", "EndpointSlice"]);
+        for d in &docs {
+            assert!(
+                d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty()),
+                "apply needs a name: {d}"
+            );
+            assert!(d["metadata"].get("resourceVersion").is_none());
+        }
+        assert_eq!(docs[0]["metadata"]["finalizers"], json!([names::FINALIZER]));
+    }
+
+    /// The plan and the live controllers must agree: for the seed snapshot,
+    /// what `plan` says is exactly what the reconcilers send to the API.
+    #[tokio::test]
+    async fn the_plan_equals_what_the_controllers_send() {
+        let snapshot = seed();
+        let report = plan(&snapshot, "kube-system", 100);
+
+        // EndpointSlices: the reconcile of `hostnames` creates the planned slice.
+        let (shared, mut api) = fixtures::shared();
+        for pod in &snapshot.pods {
+            shared
+                .pods
+                .write()
+                .unwrap()
+                .upsert(PodView::new(pod.clone(), "kube-system"));
+        }
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let ctx = Arc::new(crate::endpoints::controller::Context::new(
+            shared.clone(),
+            store,
+        ));
+        let svc = snapshot
+            .services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("hostnames"))
+            .unwrap();
+        let task = tokio::spawn(crate::endpoints::controller::reconcile(
+            Arc::new(svc.clone()),
+            ctx,
+        ));
+        let sent = api
+            .expect(
+                Method::POST,
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            )
+            .await
+            .echo(json!({"name": "hostnames-x"}));
+        api.expect_event("default").await;
+        task.await.unwrap().unwrap();
+        let mut sent: EndpointSlice = serde_json::from_value(sent).unwrap();
+        let planned = report
+            .services
+            .iter()
+            .find(|s| s.key.name == "hostnames")
+            .unwrap()
+            .decision
+            .plan
+            .create[0]
+            .clone();
+        sent.metadata.name = None;
+        sent.metadata.annotations = planned.metadata.annotations.clone(); // the change time differs by design
+        assert_eq!(sent, planned);
+
+        // NADs: br0 gets exactly the planned finalizer patch; foo-network the planned Warning.
+        let (store, _w) = reflector::store();
+        let pctx = Arc::new(crate::protection::controller::Context::new(shared, store));
+        for nad in &snapshot.nads {
+            let meta: crate::protection::controller::NadMeta = serde_json::from_value(json!({
+                "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": nad.metadata
+            }))
+            .unwrap();
+            let planned = report
+                .nads
+                .iter()
+                .find(|n| n.key == ObjectKey::of(nad))
+                .unwrap();
+            let task = tokio::spawn(crate::protection::controller::reconcile(
+                Arc::new(meta.clone()),
+                pctx.clone(),
+            ));
+            match planned.decision.as_ref().unwrap() {
+                Decision::AddFinalizer => {
+                    let path = format!(
+                        "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/{}",
+                        planned.key.name
+                    );
+                    let body = api
+                        .expect(Method::PATCH, &path)
+                        .await
+                        .respond(200, json!(meta));
+                    assert_eq!(
+                        body,
+                        json!(add_finalizer_patch(&NadState::from_meta(&nad.metadata)))
+                    );
+                }
+                Decision::Blocked { users } => {
+                    let event = api.expect_event("default").await;
+                    assert_eq!(event["note"], blocked_message(users));
+                }
+                other => panic!("the seed plans no {other:?}"),
+            }
+            task.await.unwrap().unwrap();
+        }
+        api.expect_silence().await;
+    }
 }

@@ -87,9 +87,8 @@ fn validate_label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(p) = prefix {
-        let ok = !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| crate::multus::is_dns1123_label(l));
+        let ok =
+            !p.is_empty() && p.len() <= 253 && p.split('.').all(crate::multus::is_dns1123_label);
         if !ok {
             return Err(format!("label key prefix {p:?} is not a DNS subdomain"));
         }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod permissions;
 pub mod telemetry;
 
 use crate::{index::PodIndex, names};

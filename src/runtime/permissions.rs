@@ -1,0 +1,53 @@
+//! The API permissions the code uses, one entry per call site family. The
+//! manifests' ClusterRole and Role must grant exactly these (a test checks).
+
+pub struct Permission {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub used_by: &'static str,
+}
+
+/// Cluster-wide permissions (ClusterRole).
+pub const CLUSTER: &[Permission] = &[
+    Permission {
+        group: "",
+        resource: "pods",
+        verbs: &["get", "list", "watch"],
+        used_by: "the pod feed (watch) and the live LIST before releasing a NAD",
+    },
+    Permission {
+        group: "",
+        resource: "services",
+        verbs: &["get", "list", "watch"],
+        used_by: "the EndpointSlice controller's Service watch",
+    },
+    Permission {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+        used_by: "the EndpointSlice controller (watch, create, update, delete; patch for kubectl-style repairs)",
+    },
+    Permission {
+        group: "k8s.cni.cncf.io",
+        resource: "network-attachment-definitions",
+        verbs: &["get", "list", "watch", "patch", "update"],
+        used_by: "the protection controller (metadata watch, finalizer patches) and release-finalizers",
+    },
+    Permission {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        used_by: "kube-runtime's Recorder (create, then patch into a series)",
+    },
+];
+
+/// Namespaced permissions for leader election (Role in the operator's namespace).
+pub const LEADER_ELECTION: Permission = Permission {
+    group: "coordination.k8s.io",
+    resource: "leases",
+    verbs: &["get", "create", "patch"],
+    used_by: "kube-lease-manager (get, create once, renew by server-side apply)",
+};
