@@ -561,6 +561,76 @@ mod tests {
         );
     }
 
+    /// One span per reconcile, named by controller, with the object's
+    /// kind/namespace/name and its trace id; API calls are child spans; the
+    /// metrics count it with the trace id as exemplar.
+    #[tokio::test]
+    async fn a_reconcile_is_traced_and_counted() {
+        use opentelemetry::{Value as OtelValue, trace::SpanId};
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber =
+            tracing_subscriber::registry().with(crate::runtime::telemetry::otel_layer(&provider));
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[]));
+        api.expect(Method::PATCH, NAD_PATH).await.respond(200, obj);
+        api.expect_event("default").await;
+        task.await.unwrap().unwrap();
+        provider.force_flush().unwrap();
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let root = spans
+            .iter()
+            .find(|s| s.name == "reconcile nad-protection")
+            .expect("reconcile span");
+        let attr = |k: &str| {
+            root.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(
+            attr("controller"),
+            Some(OtelValue::from(names::PROTECTION_CONTROLLER))
+        );
+        assert_eq!(
+            attr("kind"),
+            Some(OtelValue::from("NetworkAttachmentDefinition"))
+        );
+        assert_eq!(attr("namespace"), Some(OtelValue::from("default")));
+        assert_eq!(attr("name"), Some(OtelValue::from("foo-network")));
+        let trace_id = root.span_context.trace_id().to_string();
+        assert_eq!(attr("trace_id"), Some(OtelValue::from(trace_id.clone())));
+        let list = spans
+            .iter()
+            .find(|s| s.name == "list pods")
+            .expect("API call span");
+        assert_eq!(list.parent_span_id, root.span_context.span_id());
+        assert_ne!(list.parent_span_id, SpanId::INVALID);
+
+        let text = ctx.shared.metrics.render();
+        assert!(
+            text.contains("nadc_reconciles_total{controller=\"nad-protection\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("trace_id=\"{trace_id}\"")),
+            "exemplar: {text}"
+        );
+        assert!(text.contains("nadc_nads_protected 0"), "{text}");
+    }
+
     #[test]
     fn retry_delay_is_capped() {
         assert_eq!(retry_delay(0), Duration::from_secs(1));

@@ -40,7 +40,9 @@ pub enum Command {
 pub enum LeaderElect {
     /// On when running in a cluster (KUBERNETES_SERVICE_HOST is set), off otherwise.
     Auto,
+    /// Always compete for the Lease.
     On,
+    /// Reconcile without a Lease (one replica only).
     Off,
 }
 

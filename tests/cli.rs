@@ -1,0 +1,125 @@
+//! The binary as a user meets it: the README's first command prints what the
+//! README shows, the configuration table matches `--help`, and bad input
+//! gets a clear error and exit code 2.
+
+use clap::CommandFactory;
+use nadc::runtime::config::Cli;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_k8s-net-attach-def-controller");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn readme() -> String {
+    std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap()
+}
+
+#[test]
+fn the_readme_shows_what_the_first_command_prints() {
+    let out = Command::new(BIN)
+        .current_dir(ROOT)
+        .args(["plan", "-f", "manifests/examples/seed-cluster.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let readme = readme();
+    assert!(readme.contains("cargo run --release -- plan -f manifests/examples/seed-cluster.yaml"));
+    let marker = readme.find("<!-- plan-output").expect("plan-output marker");
+    let block = &readme[marker..];
+    let start = block.find("```\n").unwrap() + 4;
+    let end = start + block[start..].find("```").unwrap();
+    assert_eq!(
+        &block[start..end],
+        printed,
+        "README's shown output is stale"
+    );
+}
+
+#[test]
+fn the_configuration_table_matches_help() {
+    let readme = readme();
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").unwrap();
+    for arg in run.get_arguments().chain(cmd.get_arguments()) {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        assert!(arg.get_help().is_some(), "--{long} has no help text");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `--{long}` |")))
+            .unwrap_or_else(|| panic!("README's configuration table lacks --{long}"));
+        if let Some(env) = arg.get_env() {
+            assert!(
+                row.contains(&format!("`{}`", env.to_string_lossy())),
+                "--{long}: env differs in README: {row}"
+            );
+        }
+        for default in arg.get_default_values() {
+            assert!(
+                row.contains(&format!("`{}`", default.to_string_lossy())),
+                "--{long}: default differs in README: {row}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_plan_input_is_a_clear_error_with_exit_code_2() {
+    let dir = std::env::temp_dir().join(format!("nadc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "not-yaml.yaml",
+            "a: [unclosed",
+            "not-yaml.yaml: not valid YAML",
+        ),
+        (
+            "no-kind.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\nfoo: 1\n",
+            "no-kind.yaml: document 2: object has no `kind`",
+        ),
+        ("binary.yaml", "\u{0}\u{1}\u{2}", "binary.yaml"),
+    ];
+    for (name, content, expected) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = Command::new(BIN)
+            .arg("plan")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+    let missing = Command::new(BIN)
+        .args(["plan", "-f", "/nonexistent/x.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn plan_reads_stdin() {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["plan", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seed = std::fs::read(format!("{ROOT}/manifests/examples/seed-cluster.yaml")).unwrap();
+    child.stdin.take().unwrap().write_all(&seed).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default/foo-network"));
+}
