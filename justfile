@@ -58,14 +58,19 @@ e2e:
     kubectl kustomize kustomize/overlays/kind | kubectl --context kind-{{cluster}} apply -f -
     kubectl --context kind-{{cluster}} -n net-attach-def-system rollout status deployment/k8s-net-attach-def-controller --timeout=120s
     kubectl config use-context kind-{{cluster}}
-    E2E_CONTROLLER=deployed E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e -- --test-threads=4
+    cargo build --bin k8s-net-attach-def-controller
+    export E2E_CONTROLLER=deployed E2E_REQUIRE_CLUSTER=1
+    cargo test -p nadc-e2e --test e2e -- --test-threads=4
+    # last: it stops the operator and strips finalizers cluster-wide
+    cargo test -p nadc-e2e --test uninstall
 
 # End-to-end against the current KUBECONFIG, the operator started locally by the harness.
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e -- --test-threads=4
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e -- --test-threads=4
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test uninstall
 
 # Scale benchmark against the current KUBECONFIG (see README: Testing).
 bench-scale *ARGS:
     cargo build --release --bin k8s-net-attach-def-controller
-    cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}
+    E2E_BINARY=target/release/k8s-net-attach-def-controller cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}

@@ -1,1 +1,359 @@
-pub fn x() {}
+//! The e2e harness: finds the cluster in KUBECONFIG (or skips with one
+//! printed line), makes sure an operator is running (deployed, or started
+//! here from the freshly built binary with `E2E_CONTROLLER=local`), and gives
+//! each test its own namespace, cleaned up even when the test panics.
+//!
+//! No Multus, kubelet or scheduler is needed: tests play Multus' part. Pods
+//! get an unsatisfiable nodeSelector so they are never scheduled (never bound
+//! to a made-up node: the pod garbage collector deletes those), and the tests
+//! write `network-status` and the Ready condition themselves.
+
+pub mod operator;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use nadc::model::NetworkAttachmentDefinition;
+use nadc::names;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use operator::Operator;
+
+/// How long a test waits for the operator to act.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub const NAD_CRD: &str = "network-attachment-definitions.k8s.cni.cncf.io";
+
+/// The cluster, or None (after one printed line) when none is reachable and
+/// `E2E_REQUIRE_CLUSTER` is not set.
+pub async fn cluster() -> Option<Client> {
+    let required = std::env::var("E2E_REQUIRE_CLUSTER").is_ok_and(|v| !v.is_empty() && v != "0");
+    match try_cluster().await {
+        Ok(client) => Some(client),
+        Err(e) if required => {
+            panic!("E2E_REQUIRE_CLUSTER is set but the cluster is not usable: {e:#}")
+        }
+        Err(e) => {
+            // Once per test binary, straight to stderr: the harness captures println!.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED e2e: no usable cluster: {e}; set E2E_REQUIRE_CLUSTER=1 to fail instead"
+                );
+            });
+            None
+        }
+    }
+}
+
+async fn try_cluster() -> anyhow::Result<Client> {
+    let client = tokio::time::timeout(Duration::from_secs(5), Client::try_default())
+        .await
+        .context("timed out loading the kubeconfig")?
+        .context("no kubeconfig ($KUBECONFIG, ~/.kube/config) and no in-cluster configuration")?;
+    tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+        .await
+        .context("timed out reaching the API server")?
+        .context("the API server did not answer")?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if crds.get_opt(NAD_CRD).await?.is_none() {
+        bail!(
+            "the NAD CRD {NAD_CRD} is not installed (kubectl apply -f e2e/crds/network-attachment-definitions.yaml)"
+        );
+    }
+    Ok(client)
+}
+
+/// The cluster with an operator running against it; None when skipped.
+pub async fn setup() -> Option<(Client, &'static Operator)> {
+    let client = cluster().await?;
+    let operator = Operator::ensure(&client).await;
+    Some((client, operator))
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace of one test; deleted, with our finalizers stripped from its
+/// NADs, when dropped (also on panic).
+pub struct TestNs {
+    pub client: Client,
+    pub ns: String,
+}
+
+impl TestNs {
+    pub async fn new(client: &Client, test: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let ns = format!(
+            "e2e-{test}-{:x}{}",
+            nanos % 0xfffff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let api: Api<Namespace> = Api::all(client.clone());
+        let obj: Namespace = serde_json::from_value(
+            json!({"metadata": {"name": ns, "labels": {"nadc-e2e": "true"}}}),
+        )
+        .unwrap();
+        api.create(&PostParams::default(), &obj)
+            .await
+            .expect("create the test namespace");
+        TestNs {
+            client: client.clone(),
+            ns,
+        }
+    }
+
+    pub fn nads(&self) -> Api<NetworkAttachmentDefinition> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn slices_api(&self) -> Api<EndpointSlice> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn create_nad(&self, name: &str) -> NetworkAttachmentDefinition {
+        let config = json!({"cniVersion": "0.3.1", "name": name, "type": "bridge", "bridge": "br-e2e",
+                            "ipam": {"type": "host-local", "subnet": "192.168.0.0/24"}});
+        let nad: NetworkAttachmentDefinition = serde_json::from_value(json!({
+            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name}, "spec": {"config": config.to_string()}
+        }))
+        .unwrap();
+        self.nads()
+            .create(&PostParams::default(), &nad)
+            .await
+            .expect("create NAD")
+    }
+
+    /// A pod that no scheduler will ever place, with the given annotations and labels.
+    pub async fn create_pod(&self, name: &str, annotations: Value, labels: Value) -> Pod {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations, "labels": labels},
+            "spec": {
+                "nodeSelector": {"nadc-e2e/never-scheduled": "true"},
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                                "ports": [{"name": "http", "containerPort": 8080}]}]
+            }
+        }))
+        .unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod")
+    }
+
+    /// Plays the kubelet: phase and Ready condition, through pods/status.
+    pub async fn set_pod_status(&self, name: &str, phase: &str, ready: bool) {
+        let status = json!({"status": {"phase": phase, "conditions": [
+            {"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": now()}
+        ]}});
+        self.pods()
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
+            .await
+            .expect("patch pod status");
+    }
+
+    /// Plays Multus: writes the network-status annotation.
+    pub async fn set_network_status(&self, name: &str, entries: Value) {
+        let patch = json!({"metadata": {"annotations": {names::NETWORK_STATUS_ANNOTATION: entries.to_string()}}});
+        self.pods()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect("annotate pod");
+    }
+
+    /// A running, ready pod on `network` (ns/name) with these addresses, as Multus leaves it.
+    pub async fn attached_pod(
+        &self,
+        name: &str,
+        network: &str,
+        ips: &[&str],
+        labels: Value,
+    ) -> Pod {
+        let pod = self
+            .create_pod(name, json!({names::NETWORKS_ANNOTATION: network}), labels)
+            .await;
+        self.set_network_status(name, status_entries(network, ips))
+            .await;
+        self.set_pod_status(name, "Running", true).await;
+        pod
+    }
+
+    pub async fn create_service(&self, svc: Value) -> Service {
+        let svc: Service = serde_json::from_value(svc).unwrap();
+        self.services()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create service")
+    }
+
+    /// Our EndpointSlices for a Service.
+    pub async fn slices(&self, service: &str) -> Vec<EndpointSlice> {
+        let lp = ListParams::default().labels(&format!(
+            "{}={service},{}={}",
+            names::LABEL_SERVICE_NAME,
+            names::LABEL_MANAGED_BY,
+            names::MANAGED_BY
+        ));
+        self.slices_api()
+            .list(&lp)
+            .await
+            .expect("list slices")
+            .items
+    }
+
+    /// Addresses published for a Service, sorted, with their ready condition.
+    pub async fn published(&self, service: &str) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = self
+            .slices(service)
+            .await
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| {
+                (
+                    e.addresses[0].clone(),
+                    e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Events about an object of this namespace, by reason.
+    pub async fn events(&self, kind: &str, name: &str, reason: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                let r = e.regarding.as_ref();
+                r.and_then(|r| r.kind.as_deref()) == Some(kind)
+                    && r.and_then(|r| r.name.as_deref()) == Some(name)
+                    && e.reason.as_deref() == Some(reason)
+                    && e.reporting_controller.as_deref() == Some(names::REPORTER)
+            })
+            .collect()
+    }
+
+    pub async fn delete_pod(&self, name: &str) {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        let _ = self.pods().delete(name, &dp).await;
+    }
+
+    pub async fn has_finalizer(&self, nad: &str) -> Option<bool> {
+        let n = self.nads().get_opt(nad).await.expect("get NAD")?;
+        Some(n.finalizers().iter().any(|f| f == names::FINALIZER))
+    }
+
+    async fn cleanup(client: Client, ns: String) {
+        let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns);
+        if let Ok(list) = nads.list_metadata(&ListParams::default()).await {
+            for nad in list.items {
+                if let Some(patch) =
+                    nadc::protection::decide::remove_finalizer_patch(nad.finalizers())
+                {
+                    let _ = nads
+                        .patch_metadata(
+                            &nad.name_any(),
+                            &PatchParams::default(),
+                            &Patch::<()>::Json(patch),
+                        )
+                        .await;
+                }
+            }
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        let _ = pods.delete_collection(&dp, &ListParams::default()).await;
+        let _ = Api::<Namespace>::all(client)
+            .delete(&ns, &DeleteParams::default())
+            .await;
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let (client, ns) = (self.client.clone(), self.ns.clone());
+        // A fresh runtime on a fresh thread: Drop may run inside the test's
+        // runtime, and during a panic.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(TestNs::cleanup(client, ns))
+        })
+        .join();
+    }
+}
+
+/// network-status as Multus writes it: the primary network first, then ours.
+pub fn status_entries(network: &str, ips: &[&str]) -> Value {
+    json!([
+        {"name": "kindnet", "interface": "eth0", "ips": ["10.244.0.250"], "default": true},
+        {"name": network, "interface": "net1", "ips": ips, "mac": "02:00:00:00:00:01"}
+    ])
+}
+
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap()
+        .to_string()
+}
+
+/// Polls `check` until it yields Some, or panics after `TIMEOUT` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > TIMEOUT {
+            panic!("timed out after {TIMEOUT:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Asserts that `check` stays true for `period` (what must not happen, does not).
+pub async fn consistently<F, Fut>(what: &str, period: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < period {
+        assert!(check().await, "no longer true: {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

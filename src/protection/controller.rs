@@ -179,6 +179,7 @@ async fn add_finalizer(ctx: &Context, cached: &NadState) -> Result<()> {
         api.patch_metadata(name, &PatchParams::default(), &patch)
             .await
             .map_err(Error::kube("adding the finalizer to", &cached.key))?;
+        ctx.shared.metrics.finalizer_write("add");
         info!("finalizer added");
         Ok(())
     };
@@ -189,6 +190,7 @@ async fn add_finalizer(ctx: &Context, cached: &NadState) -> Result<()> {
         .await
     {
         Ok(_) => {
+            ctx.shared.metrics.finalizer_write("add");
             info!("finalizer added");
             Ok(())
         }
@@ -246,6 +248,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
     };
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
     if removed {
+        ctx.shared.metrics.finalizer_write("remove");
         info!("no pod uses this network any more; protection released");
         ctx.shared
             .publish(

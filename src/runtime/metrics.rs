@@ -41,6 +41,7 @@ pub struct Metrics {
     pub nads_protected: Gauge,
     pub deletions_blocked: Gauge,
     pub slice_writes: Family<VerbLabels, Counter>,
+    pub finalizer_writes: Family<VerbLabels, Counter>,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
 }
@@ -61,6 +62,7 @@ impl Default for Metrics {
         let nads_protected = Gauge::default();
         let deletions_blocked = Gauge::default();
         let slice_writes = Family::<VerbLabels, Counter>::default();
+        let finalizer_writes = Family::<VerbLabels, Counter>::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
         registry.register(
@@ -94,6 +96,11 @@ impl Default for Metrics {
             slice_writes.clone(),
         );
         registry.register(
+            "finalizer_writes",
+            "NetworkAttachmentDefinition finalizer patches sent, by verb (add, remove)",
+            finalizer_writes.clone(),
+        );
+        registry.register(
             "invalid_annotations",
             "Pod annotations that did not parse, by annotation",
             invalid_annotations.clone(),
@@ -111,6 +118,7 @@ impl Default for Metrics {
             nads_protected,
             deletions_blocked,
             slice_writes,
+            finalizer_writes,
             invalid_annotations,
             pods_indexed,
         }
@@ -145,6 +153,12 @@ impl Metrics {
                 controller: controller.into(),
                 reason,
             })
+            .inc();
+    }
+
+    pub fn finalizer_write(&self, verb: &str) {
+        self.finalizer_writes
+            .get_or_create(&VerbLabels { verb: verb.into() })
             .inc();
     }
 

@@ -1,0 +1,296 @@
+//! Scale benchmark against the cluster in KUBECONFIG: N pods with
+//! network-status behind S opted-in Services on M NADs; starts the operator
+//! locally and reports convergence time, update latency, API writes in steady
+//! state and per pod change, and peak RSS. `just bench-scale`.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use nadc::model::NetworkAttachmentDefinition;
+use nadc::names;
+use nadc_e2e::operator::{binary, http_get};
+use nadc_e2e::{TestNs, status_entries};
+use serde_json::json;
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Scale benchmark of k8s-net-attach-def-controller against the cluster in KUBECONFIG"
+)]
+struct Args {
+    /// Pods to create (each attached to one NAD and selected by one Service).
+    #[arg(long, default_value_t = 2000)]
+    pods: usize,
+    /// Opted-in Services; a multiple of --nads.
+    #[arg(long, default_value_t = 200)]
+    services: usize,
+    /// NetworkAttachmentDefinitions.
+    #[arg(long, default_value_t = 50)]
+    nads: usize,
+    /// Single-pod changes timed for the latency percentiles.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Seconds of steady state in which API writes are counted.
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u64,
+    /// Address of the operator's HTTP server.
+    #[arg(long, default_value = "127.0.0.1:18081")]
+    http_addr: String,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn pod_ip(i: usize, generation: usize) -> String {
+    format!("10.{}.{}.{}", 100 + generation % 100, i / 250, i % 250 + 1)
+}
+
+async fn writes(addr: &str) -> anyhow::Result<f64> {
+    let (_, body) = http_get(addr, "/metrics")
+        .await
+        .context("scrape /metrics")?;
+    Ok(body
+        .lines()
+        .filter(|l| {
+            l.starts_with("nadc_endpointslice_writes_total")
+                || l.starts_with("nadc_finalizer_writes_total")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.nads == 0 || args.services == 0 || args.services % args.nads != 0 {
+        bail!("--services must be a positive multiple of --nads");
+    }
+    let client = Client::try_default()
+        .await
+        .context("no cluster in KUBECONFIG")?;
+    let t = TestNs::new(&client, "bench").await;
+    println!(
+        "namespace {}: creating {} NADs, {} pods, {} Services",
+        t.ns, args.nads, args.pods, args.services
+    );
+
+    futures::stream::iter(0..args.nads)
+        .map(|j| {
+            let t = &t;
+            async move {
+                t.create_nad(&format!("net-{j}")).await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    futures::stream::iter(0..args.pods)
+        .map(|i| {
+            let t = &t;
+            async move {
+                let network = format!("{}/net-{}", t.ns, i % args.nads);
+                t.attached_pod(
+                    &format!("pod-{i}"),
+                    &network,
+                    &[&pod_ip(i, 0)],
+                    json!({"app": format!("svc-{}", i % args.services)}),
+                )
+                .await;
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    futures::stream::iter(0..args.services)
+        .map(|j| {
+            let t = &t;
+            async move {
+                t.create_service(json!({
+                    "metadata": {"name": format!("svc-{j}"), "annotations": {
+                        names::NETWORKS_ANNOTATION: format!("net-{}", j % args.nads),
+                        names::SELECTOR_ANNOTATION: format!("app=svc-{j}")}},
+                    "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
+                }))
+                .await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+
+    // First sighting of each address in any of our slices, from a watch.
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &t.ns);
+    let watch_seen = seen.clone();
+    let cfg = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY
+    ));
+    let slice_watch = tokio::spawn(
+        watcher(slices.clone(), cfg)
+            .default_backoff()
+            .touched_objects()
+            .try_for_each(move |s| {
+                let now = Instant::now();
+                let mut seen = watch_seen.lock().unwrap();
+                for e in &s.endpoints {
+                    for a in &e.addresses {
+                        seen.entry(a.clone()).or_insert(now);
+                    }
+                }
+                futures::future::ready(Ok(()))
+            }),
+    );
+
+    let log = std::env::temp_dir().join("nadc-bench-operator.log");
+    let start = Instant::now();
+    let mut operator = Command::new(binary())
+        .args([
+            "run",
+            "--leader-elect",
+            "off",
+            "--http-addr",
+            &args.http_addr,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("start the operator (cargo build --release first; E2E_BINARY picks the binary)")?;
+    let pid = operator.id();
+
+    let result = async {
+        // 1. convergence: every Service's slices hold all its pods, every NAD is finalized
+        let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &t.ns);
+        loop {
+            let endpoints: usize = slices
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .map(|s| s.endpoints.len())
+                .sum();
+            let finalized = nads
+                .list_metadata(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
+                .count();
+            if endpoints == args.pods && finalized == args.nads {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "not converged after 600 s: {endpoints}/{} endpoints, {finalized}/{} NADs",
+                    args.pods,
+                    args.nads
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let converged = start.elapsed();
+        println!("converged in {converged:?}");
+
+        // 2. steady state
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = writes(&args.http_addr).await?;
+        tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+        let steady_writes = writes(&args.http_addr).await? - before;
+
+        // 3. single-pod changes: latency to the slice, and writes per change
+        let mut latencies = Vec::new();
+        let mut max_writes_per_change = 0.0f64;
+        for k in 0..args.samples {
+            let i = (k * 7919) % args.pods;
+            let ip = pod_ip(i, k + 1);
+            let network = format!("{}/net-{}", t.ns, i % args.nads);
+            let before = writes(&args.http_addr).await?;
+            let sent = Instant::now();
+            t.set_network_status(&format!("pod-{i}"), status_entries(&network, &[&ip]))
+                .await;
+            let seen_at = loop {
+                if let Some(at) = seen.lock().unwrap().get(&ip) {
+                    break *at;
+                }
+                if sent.elapsed() > Duration::from_secs(60) {
+                    bail!("{ip} never showed up in a slice");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            latencies.push(seen_at.saturating_duration_since(sent));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            max_writes_per_change =
+                max_writes_per_change.max(writes(&args.http_addr).await? - before);
+        }
+        latencies.sort();
+        Ok::<_, anyhow::Error>(json!({
+            "pods": args.pods, "services": args.services, "nads": args.nads,
+            "converged_seconds": converged.as_secs_f64(),
+            "latency_p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+            "latency_p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+            "samples": latencies.len(),
+            "steady_state_seconds": args.steady_seconds,
+            "steady_state_writes": steady_writes,
+            "max_writes_per_pod_change": max_writes_per_change,
+            "peak_rss_mib": peak_rss_mib(pid),
+        }))
+    }
+    .await;
+
+    let _ = operator.kill();
+    let _ = operator.wait();
+    slice_watch.abort();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("operator log: {}", log.display());
+            drop(t);
+            return Err(e);
+        }
+    };
+    println!("\n{:<34} value", "metric");
+    for (k, v) in report.as_object().unwrap() {
+        println!("{k:<34} {v}");
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+        println!("written to {}", out.display());
+    }
+    let ok = report["steady_state_writes"].as_f64() == Some(0.0)
+        && report["max_writes_per_pod_change"]
+            .as_f64()
+            .is_some_and(|w| w <= 1.0);
+    drop(t); // strips finalizers, deletes the namespace
+    if !ok {
+        bail!("goals missed: 0 writes in steady state and at most 1 slice write per pod change");
+    }
+    Ok(())
+}

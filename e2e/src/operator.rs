@@ -1,0 +1,300 @@
+//! The operator under test: `E2E_CONTROLLER=deployed` (default) expects it
+//! running in the cluster (`just e2e` deploys the kind overlay);
+//! `E2E_CONTROLLER=local` starts the freshly built binary here, once per
+//! test binary, against the same KUBECONFIG.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+pub const NAMESPACE: &str = "net-attach-def-system";
+pub const NAME: &str = "k8s-net-attach-def-controller";
+const SELECTOR: &str = "app.kubernetes.io/name=k8s-net-attach-def-controller";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Local,
+    Deployed,
+}
+
+pub struct Operator {
+    pub mode: Mode,
+    child: Mutex<Option<Child>>,
+    /// Serialises restarts and stops across the tests of one binary.
+    lifecycle: tokio::sync::Mutex<()>,
+    pub http_addr: String,
+}
+
+static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
+
+/// The binary the local mode runs: `E2E_BINARY`, else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("E2E_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/debug/k8s-net-attach-def-controller")
+        })
+}
+
+impl Operator {
+    pub async fn ensure(client: &Client) -> &'static Operator {
+        OPERATOR
+            .get_or_init(|| async {
+                let mode = match std::env::var("E2E_CONTROLLER").as_deref() {
+                    Ok("local") => Mode::Local,
+                    Ok("deployed") | Err(_) => Mode::Deployed,
+                    Ok(other) => panic!("E2E_CONTROLLER must be local or deployed, not {other:?}"),
+                };
+                let op = Operator {
+                    mode,
+                    child: Mutex::new(None),
+                    lifecycle: tokio::sync::Mutex::new(()),
+                    http_addr: std::env::var("E2E_HTTP_ADDR")
+                        .unwrap_or_else(|_| "127.0.0.1:18080".into()),
+                };
+                op.start(client).await;
+                op
+            })
+            .await
+    }
+
+    /// Starts the operator (local) or makes sure it runs (deployed), and waits until it is ready.
+    pub async fn start(&self, client: &Client) {
+        match self.mode {
+            Mode::Local => {
+                let bin = binary();
+                assert!(
+                    bin.exists(),
+                    "{} is missing: run `cargo build --bin k8s-net-attach-def-controller` first (just e2e-local does)",
+                    bin.display()
+                );
+                let log = std::env::temp_dir()
+                    .join(format!("nadc-e2e-operator-{}.log", std::process::id()));
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap();
+                let child = Command::new(&bin)
+                    .args([
+                        "run",
+                        "--leader-elect",
+                        "off",
+                        "--http-addr",
+                        &self.http_addr,
+                    ])
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                    )
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .spawn()
+                    .expect("start the operator");
+                // A watchdog ends the operator when this test process ends;
+                // it outlives us on purpose, so it is never waited for.
+                #[allow(clippy::zombie_processes)]
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
+                        std::process::id(),
+                        child.id()
+                    ))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start the watchdog");
+                println!(
+                    "operator started locally (pid {}, log {})",
+                    child.id(),
+                    log.display()
+                );
+                *self.child.lock().unwrap() = Some(child);
+                self.wait_ready_local().await;
+            }
+            Mode::Deployed => {
+                let deploys: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+                let d = deploys.get_opt(NAME).await.expect("read the operator Deployment").unwrap_or_else(|| {
+                    panic!("E2E_CONTROLLER=deployed but {NAMESPACE}/{NAME} does not exist: deploy kustomize/overlays/kind, or use E2E_CONTROLLER=local")
+                });
+                if d.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
+                    let patch = json!({"spec": {"replicas": 1}});
+                    deploys
+                        .patch(NAME, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .expect("scale up");
+                }
+                wait_deployed_ready(client, &[]).await;
+            }
+        }
+    }
+
+    /// Stops the operator: kill -9 the local process, or scale the Deployment to 0.
+    pub async fn stop(&self, client: &Client) {
+        match self.mode {
+            Mode::Local => {
+                if let Some(mut c) = self.child.lock().unwrap().take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            Mode::Deployed => {
+                let deploys: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+                let patch = json!({"spec": {"replicas": 0}});
+                deploys
+                    .patch(NAME, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .expect("scale down");
+                let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+                let start = Instant::now();
+                while !pods
+                    .list(&ListParams::default().labels(SELECTOR))
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty()
+                {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(120),
+                        "operator pods did not go away"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Restarts the operator abruptly (SIGKILL locally, pod deletion in the
+    /// cluster), losing all of its in-memory state.
+    pub async fn restart(&self, client: &Client) {
+        let _guard = self.lifecycle.lock().await;
+        match self.mode {
+            Mode::Local => {
+                self.stop(client).await;
+                self.start(client).await;
+            }
+            Mode::Deployed => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+                let old: Vec<String> = pods
+                    .list(&ListParams::default().labels(SELECTOR))
+                    .await
+                    .unwrap()
+                    .items
+                    .iter()
+                    .map(|p| p.name_any())
+                    .collect();
+                pods.delete_collection(
+                    &DeleteParams::default(),
+                    &ListParams::default().labels(SELECTOR),
+                )
+                .await
+                .expect("delete operator pods");
+                wait_deployed_ready(client, &old).await;
+            }
+        }
+    }
+
+    /// Holds other restarts off while a test needs the operator stopped.
+    pub async fn lifecycle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lifecycle.lock().await
+    }
+
+    async fn wait_ready_local(&self) {
+        let start = Instant::now();
+        loop {
+            if let Some((200, _)) = http_get(&self.http_addr, "/readyz").await {
+                return;
+            }
+            if let Some(c) = self.child.lock().unwrap().as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "the operator exited with {status} before becoming ready (see its log in the temp directory)"
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the operator did not become ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The operator's /metrics text (local mode only).
+    pub async fn metrics(&self) -> Option<String> {
+        match self.mode {
+            Mode::Local => http_get(&self.http_addr, "/metrics")
+                .await
+                .map(|(_, body)| body),
+            Mode::Deployed => None,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+}
+
+/// Waits until a ready operator pod exists that is not one of `old`.
+async fn wait_deployed_ready(client: &Client, old: &[String]) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let start = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(SELECTOR))
+            .await
+            .expect("list operator pods");
+        let ready = list.items.iter().any(|p| {
+            !old.contains(&p.name_any())
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "no ready operator pod after 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -1,0 +1,612 @@
+//! End-to-end scenarios against the cluster in KUBECONFIG. Each test has its
+//! own namespace and runs in parallel with the others. Without a cluster,
+//! each prints one SKIPPED line and passes (E2E_REQUIRE_CLUSTER=1 fails instead).
+
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use nadc::names;
+use nadc_e2e::{TestNs, consistently, eventually, setup};
+use serde_json::json;
+use std::time::Duration;
+
+fn nad_path(ns: &TestNs, name: &str) -> String {
+    format!("{}/{name}", ns.ns)
+}
+
+fn opted_in(
+    name: &str,
+    network: &str,
+    selector: &str,
+    spec: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "annotations": {names::NETWORKS_ANNOTATION: network, names::SELECTOR_ANNOTATION: selector}},
+        "spec": spec
+    })
+}
+
+/// The seed's first walkthrough, selector-annotation form: the Service gets a
+/// slice with the pod's br0 address and a SecondaryEndpointsUpdated Event.
+#[tokio::test]
+async fn seed_secondary_endpoints() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "seed-ep").await;
+    t.create_nad("br0").await;
+    let network = nad_path(&t, "br0");
+    t.attached_pod(
+        "hostnames-1",
+        &network,
+        &["192.168.0.51"],
+        json!({"app": "hostnames"}),
+    )
+    .await;
+    t.create_service(opted_in(
+        "hostnames",
+        "br0",
+        "app=hostnames",
+        json!({"ports": [{"protocol": "TCP", "port": 80, "targetPort": 9376}]}),
+    ))
+    .await;
+    eventually("the hostnames slice holds 192.168.0.51", || async {
+        (t.published("hostnames").await == vec![("192.168.0.51".to_string(), true)]).then_some(())
+    })
+    .await;
+    let slice = t.slices("hostnames").await.remove(0);
+    assert_eq!(slice.address_type, "IPv4");
+    assert_eq!(
+        slice.metadata.owner_references.as_ref().unwrap()[0].name,
+        "hostnames"
+    );
+    assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(9376));
+    let events = eventually("SecondaryEndpointsUpdated on the Service", || async {
+        let e = t
+            .events(
+                "Service",
+                "hostnames",
+                names::reasons::SECONDARY_ENDPOINTS_UPDATED,
+            )
+            .await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(
+        events[0].note.as_deref(),
+        Some(format!("Updated to use network {network}: 1 endpoints").as_str())
+    );
+}
+
+/// The seed's second walkthrough: deleting foo-network while `demo` uses it
+/// (annotation `foo-network, foo-network`) leaves it Terminating with the
+/// same UID until the pod goes; then it disappears.
+#[tokio::test]
+async fn seed_nad_in_use_is_not_deleted() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "seed-nad").await;
+    let nad = t.create_nad("foo-network").await;
+    t.create_pod(
+        "demo",
+        json!({names::NETWORKS_ANNOTATION: "foo-network, foo-network"}),
+        json!({}),
+    )
+    .await;
+    eventually("the finalizer is added", || async {
+        t.has_finalizer("foo-network").await.filter(|f| *f)
+    })
+    .await;
+
+    t.nads()
+        .delete("foo-network", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = eventually("DeletionBlocked names the pod", || async {
+        t.events(
+            "NetworkAttachmentDefinition",
+            "foo-network",
+            names::reasons::DELETION_BLOCKED,
+        )
+        .await
+        .into_iter()
+        .next()
+    })
+    .await;
+    assert!(blocked.note.unwrap().contains(&format!("{}/demo", t.ns)));
+    consistently(
+        "foo-network stays, Terminating, same UID",
+        Duration::from_secs(5),
+        || async {
+            let n = t.nads().get_opt("foo-network").await.unwrap();
+            n.is_some_and(|n| {
+                n.metadata.uid == nad.metadata.uid && n.metadata.deletion_timestamp.is_some()
+            })
+        },
+    )
+    .await;
+
+    t.delete_pod("demo").await;
+    eventually("foo-network disappears once demo is gone", || async {
+        t.nads()
+            .get_opt("foo-network")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let released = eventually("ProtectionReleased", || async {
+        t.events(
+            "NetworkAttachmentDefinition",
+            "foo-network",
+            names::reasons::PROTECTION_RELEASED,
+        )
+        .await
+        .into_iter()
+        .next()
+    })
+    .await;
+    assert_eq!(released.type_.as_deref(), Some("Normal"));
+}
+
+#[tokio::test]
+async fn a_nad_created_after_its_pod_is_protected() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "nad-after").await;
+    t.create_pod(
+        "early",
+        json!({names::NETWORKS_ANNOTATION: "late-net"}),
+        json!({}),
+    )
+    .await;
+    t.create_nad("late-net").await;
+    eventually("the finalizer is added", || async {
+        t.has_finalizer("late-net").await.filter(|f| *f)
+    })
+    .await;
+    t.nads()
+        .delete("late-net", &DeleteParams::default())
+        .await
+        .unwrap();
+    consistently(
+        "late-net stays while early exists",
+        Duration::from_secs(5),
+        || async { t.nads().get_opt("late-net").await.unwrap().is_some() },
+    )
+    .await;
+    t.delete_pod("early").await;
+    eventually("late-net disappears", || async {
+        t.nads()
+            .get_opt("late-net")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_terminal_pod_does_not_block_deletion() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "terminal").await;
+    t.create_nad("done-net").await;
+    t.create_pod(
+        "finished",
+        json!({names::NETWORKS_ANNOTATION: "done-net"}),
+        json!({}),
+    )
+    .await;
+    t.set_pod_status("finished", "Succeeded", false).await;
+    eventually("the finalizer is added", || async {
+        t.has_finalizer("done-net").await.filter(|f| *f)
+    })
+    .await;
+    t.nads()
+        .delete("done-net", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "done-net disappears although a Succeeded pod references it",
+        || async {
+            t.nads()
+                .get_opt("done-net")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_default_network_annotation_protects() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "default-net").await;
+    t.create_nad("primary").await;
+    let reference = nad_path(&t, "primary");
+    t.create_pod(
+        "p",
+        json!({names::DEFAULT_NETWORK_ANNOTATION: reference}),
+        json!({}),
+    )
+    .await;
+    eventually("the finalizer is added", || async {
+        t.has_finalizer("primary").await.filter(|f| *f)
+    })
+    .await;
+    t.nads()
+        .delete("primary", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("DeletionBlocked", || async {
+        t.events(
+            "NetworkAttachmentDefinition",
+            "primary",
+            names::reasons::DELETION_BLOCKED,
+        )
+        .await
+        .into_iter()
+        .next()
+    })
+    .await;
+    t.delete_pod("p").await;
+    eventually("primary disappears", || async {
+        t.nads()
+            .get_opt("primary")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_annotation_warns_and_blocks_nothing_else() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "invalid").await;
+    t.create_nad("good-net").await;
+    t.create_pod(
+        "bad",
+        json!({names::NETWORKS_ANNOTATION: "Bad/Name/x"}),
+        json!({}),
+    )
+    .await;
+    t.create_pod(
+        "good",
+        json!({names::NETWORKS_ANNOTATION: "good-net"}),
+        json!({}),
+    )
+    .await;
+    let warning = eventually("InvalidNetworkAnnotation on the bad pod", || async {
+        t.events("Pod", "bad", names::reasons::INVALID_NETWORK_ANNOTATION)
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(warning.note.unwrap().contains("more than one '/'"));
+    eventually("the good pod's NAD is still protected", || async {
+        t.has_finalizer("good-net").await.filter(|f| *f)
+    })
+    .await;
+    t.nads()
+        .delete("good-net", &DeleteParams::default())
+        .await
+        .unwrap();
+    consistently(
+        "good-net stays while the good pod exists",
+        Duration::from_secs(3),
+        || async { t.nads().get_opt("good-net").await.unwrap().is_some() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn services_opt_in_and_out() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "opt").await;
+    t.create_nad("net").await;
+    t.attached_pod(
+        "web-1",
+        &nad_path(&t, "net"),
+        &["192.168.5.1"],
+        json!({"app": "web"}),
+    )
+    .await;
+    t.create_service(opted_in(
+        "web",
+        "net",
+        "app=web",
+        json!({"ports": [{"port": 80}]}),
+    ))
+    .await;
+    eventually("published", || async {
+        (!t.published("web").await.is_empty()).then_some(())
+    })
+    .await;
+
+    let patch = json!({"metadata": {"annotations": {names::NETWORKS_ANNOTATION: null}}});
+    t.services()
+        .patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    eventually("our slices are gone after opting out", || async {
+        t.slices("web").await.is_empty().then_some(())
+    })
+    .await;
+
+    let patch = json!({"metadata": {"annotations": {names::NETWORKS_ANNOTATION: "net"}}});
+    t.services()
+        .patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    eventually("published again after opting back in", || async {
+        (!t.published("web").await.is_empty()).then_some(())
+    })
+    .await;
+
+    t.services()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("slices of a deleted Service go", || async {
+        t.slices("web").await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_spec_selector_is_a_conflict() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "conflict").await;
+    t.create_nad("net").await;
+    t.attached_pod(
+        "web-1",
+        &nad_path(&t, "net"),
+        &["192.168.6.1"],
+        json!({"app": "web"}),
+    )
+    .await;
+    t.create_service(json!({
+        "metadata": {"name": "web", "annotations": {names::NETWORKS_ANNOTATION: "net"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .await;
+    let warning = eventually("SelectorConflict", || async {
+        t.events("Service", "web", names::reasons::SELECTOR_CONFLICT)
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(warning.note.unwrap().contains("remove spec.selector"));
+    assert!(
+        t.slices("web").await.is_empty(),
+        "nothing is published for a conflicting Service"
+    );
+}
+
+#[tokio::test]
+async fn a_readiness_flip_moves_the_endpoint() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "ready").await;
+    t.create_nad("net").await;
+    t.attached_pod(
+        "web-1",
+        &nad_path(&t, "net"),
+        &["192.168.7.1"],
+        json!({"app": "web"}),
+    )
+    .await;
+    t.create_service(opted_in(
+        "web",
+        "net",
+        "app=web",
+        json!({"ports": [{"port": 80}]}),
+    ))
+    .await;
+    eventually("ready", || async {
+        (t.published("web").await == vec![("192.168.7.1".into(), true)]).then_some(())
+    })
+    .await;
+    t.set_pod_status("web-1", "Running", false).await;
+    eventually("not ready", || async {
+        (t.published("web").await == vec![("192.168.7.1".into(), false)]).then_some(())
+    })
+    .await;
+    t.set_pod_status("web-1", "Running", true).await;
+    eventually("ready again", || async {
+        (t.published("web").await == vec![("192.168.7.1".into(), true)]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dual_stack_addresses_split_by_family() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "dual").await;
+    t.create_nad("net").await;
+    t.attached_pod(
+        "web-1",
+        &nad_path(&t, "net"),
+        &["fd00:10::1", "192.168.8.1"],
+        json!({"app": "web"}),
+    )
+    .await;
+    // A headless Service without spec.selector may be dual-stack whatever the cluster's families.
+    let spec = json!({"clusterIP": "None", "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]});
+    let svc = serde_json::from_value(opted_in("web", "net", "app=web", spec)).unwrap();
+    if let Err(e) = t.services().create(&Default::default(), &svc).await {
+        println!(
+            "SKIPPED dual_stack_addresses_split_by_family: this cluster refuses a dual-stack Service ({e})"
+        );
+        return;
+    }
+    let slices: Vec<EndpointSlice> = eventually("one slice per family", || async {
+        let s = t.slices("web").await;
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    let mut by_family: Vec<(String, String)> = slices
+        .iter()
+        .map(|s| (s.address_type.clone(), s.endpoints[0].addresses[0].clone()))
+        .collect();
+    by_family.sort();
+    assert_eq!(
+        by_family,
+        vec![
+            ("IPv4".into(), "192.168.8.1".into()),
+            ("IPv6".into(), "fd00:10::1".into())
+        ]
+    );
+    assert!(slices.iter().all(|s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key(names::LABEL_HEADLESS)
+    }));
+}
+
+#[tokio::test]
+async fn a_named_target_port_is_resolved_per_pod() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "named-port").await;
+    t.create_nad("net").await;
+    t.attached_pod(
+        "web-1",
+        &nad_path(&t, "net"),
+        &["192.168.9.1"],
+        json!({"app": "web"}),
+    )
+    .await;
+    t.create_service(opted_in(
+        "web",
+        "net",
+        "app=web",
+        json!({"ports": [{"name": "web", "port": 80, "targetPort": "http"}]}),
+    ))
+    .await;
+    let slices = eventually("published", || async {
+        let s = t.slices("web").await;
+        (!s.is_empty()).then_some(s)
+    })
+    .await;
+    let port = &slices[0].ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("web"), Some(8080)));
+}
+
+#[tokio::test]
+async fn two_hundred_fifty_pods_fill_three_slices() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "many").await;
+    t.create_nad("net").await;
+    let network = nad_path(&t, "net");
+    let tasks = (0..250).map(|i| {
+        let (t, network) = (&t, network.clone());
+        async move {
+            let ip = format!("192.168.{}.{}", 10 + i / 200, i % 200 + 1);
+            t.attached_pod(&format!("web-{i}"), &network, &[&ip], json!({"app": "web"}))
+                .await;
+        }
+    });
+    futures::stream::iter(tasks)
+        .buffer_unordered(20)
+        .collect::<Vec<()>>()
+        .await;
+    t.create_service(opted_in(
+        "web",
+        "net",
+        "app=web",
+        json!({"ports": [{"port": 80}]}),
+    ))
+    .await;
+    let slices = eventually("250 endpoints published", || async {
+        let s = t.slices("web").await;
+        (s.iter().map(|s| s.endpoints.len()).sum::<usize>() == 250).then_some(s)
+    })
+    .await;
+    let mut sizes: Vec<usize> = slices.iter().map(|s| s.endpoints.len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![50, 100, 100]);
+}
+
+/// The operator dies while a deletion is blocked; its successor, with no
+/// memory of it, still releases the NAD once the pod goes.
+#[tokio::test]
+async fn a_restart_during_a_blocked_deletion_still_releases() {
+    let Some((client, op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "restart").await;
+    let nad = t.create_nad("net").await;
+    t.create_pod(
+        "user",
+        json!({names::NETWORKS_ANNOTATION: "net"}),
+        json!({}),
+    )
+    .await;
+    eventually("the finalizer is added", || async {
+        t.has_finalizer("net").await.filter(|f| *f)
+    })
+    .await;
+    t.nads()
+        .delete("net", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("DeletionBlocked", || async {
+        t.events(
+            "NetworkAttachmentDefinition",
+            "net",
+            names::reasons::DELETION_BLOCKED,
+        )
+        .await
+        .into_iter()
+        .next()
+    })
+    .await;
+
+    op.restart(&client).await;
+    let still = t
+        .nads()
+        .get_opt("net")
+        .await
+        .unwrap()
+        .expect("still there after the restart");
+    assert_eq!(still.metadata.uid, nad.metadata.uid);
+    t.delete_pod("user").await;
+    eventually("net disappears", || async {
+        t.nads()
+            .get_opt("net")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
