@@ -15,6 +15,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashSet;
+#[cfg(test)]
+use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -161,4 +163,112 @@ async fn report_problem(
             &reference,
         )
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, pod_json};
+    use http::Method;
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// The API server is down at start: the feed keeps retrying, the index
+    /// is not reported synced (so /readyz stays false and nothing is
+    /// decided), and it syncs as soon as the API answers.
+    #[tokio::test]
+    async fn start_up_while_the_api_is_down_waits_and_recovers() {
+        let (client, mut api) = fixtures::mock_client();
+        let (shared, synced_tx) = Shared::new(client, Default::default(), Default::default(), None);
+        let (services, _w) = kube::runtime::reflector::store::<Service>();
+        let (nads, mut nad_rx) = futures::channel::mpsc::unbounded();
+        let (svcs, _svc_rx) = futures::channel::mpsc::unbounded();
+        let (resync, _resync_rx) = futures::channel::mpsc::unbounded();
+        let task = tokio::spawn(run(
+            shared.clone(),
+            services,
+            Outputs {
+                nads,
+                services: svcs,
+                resync_services: resync,
+                synced: synced_tx,
+            },
+        ));
+
+        for _ in 0..2 {
+            api.expect_within(Duration::from_secs(5), Method::GET, "/api/v1/pods")
+                .await
+                .respond(503, fixtures::status(503, "ServiceUnavailable"));
+            assert!(
+                !*shared.pods_synced.borrow(),
+                "not synced while the API is down"
+            );
+        }
+        let pod = pod_json(
+            "ns",
+            "demo",
+            json!({"k8s.v1.cni.cncf.io/networks": "net"}),
+            json!({}),
+            "Running",
+            true,
+        );
+        api.expect_within(Duration::from_secs(10), Method::GET, "/api/v1/pods")
+            .await
+            .respond(200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"}, "items": [pod]}));
+        tokio::time::timeout(Duration::from_secs(2), shared.pods_ready())
+            .await
+            .expect("synced after the API returned");
+        assert_eq!(
+            shared
+                .pods
+                .read()
+                .unwrap()
+                .users(&ObjectKey::new("ns", "net")),
+            vec![ObjectKey::new("ns", "demo")]
+        );
+        assert_eq!(
+            futures::StreamExt::next(&mut nad_rx).await,
+            Some(ObjectKey::new("ns", "net"))
+        );
+        task.abort();
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_once() {
+        let bad = |value: &str| {
+            Arc::new(fixtures::pod_view(pod_json(
+                "ns",
+                "p",
+                json!({"k8s.v1.cni.cncf.io/networks": value}),
+                json!({}),
+                "Running",
+                true,
+            )))
+        };
+        let mut log = ProblemLog::default();
+        let first = PodChange {
+            old: None,
+            new: Some(bad("A/b/c")),
+        };
+        assert_eq!(log.fresh(&first).len(), 1);
+        let relabelled = PodChange {
+            old: Some(bad("A/b/c")),
+            new: Some(bad("A/b/c")),
+        };
+        assert!(
+            log.fresh(&relabelled).is_empty(),
+            "same value, no second report"
+        );
+        let other = PodChange {
+            old: Some(bad("A/b/c")),
+            new: Some(bad("X/y/z")),
+        };
+        assert_eq!(log.fresh(&other).len(), 1, "a new bad value is reported");
+        let gone = PodChange {
+            old: Some(bad("X/y/z")),
+            new: None,
+        };
+        assert!(log.fresh(&gone).is_empty());
+        assert!(log.reported.is_empty(), "forgotten with the pod");
+    }
 }

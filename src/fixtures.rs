@@ -53,7 +53,13 @@ pub fn status(code: u16, reason: &str) -> Value {
 impl ApiServerVerifier {
     /// The next request, which must have this method and path.
     pub async fn expect(&mut self, method: Method, path: &str) -> Exchange {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(1), self.0.next_request())
+        self.expect_within(Duration::from_secs(1), method, path)
+            .await
+    }
+
+    /// As `expect`, for requests that come after a backoff.
+    pub async fn expect_within(&mut self, wait: Duration, method: Method, path: &str) -> Exchange {
+        let (request, send) = tokio::time::timeout(wait, self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
             .expect("the client was dropped");

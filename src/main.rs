@@ -185,7 +185,11 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     if let Some(l) = leadership {
         l.release(Duration::from_secs(5)).await;
     }
-    let _ = http_task.await;
+    match http_task.await {
+        Ok(Err(e)) => error!(error = %e, "the HTTP server failed"),
+        Err(e) => error!(error = %e, "the HTTP server task panicked"),
+        Ok(Ok(())) => {}
+    }
     info!("stopped");
     if lost_leadership {
         ExitCode::FAILURE

@@ -312,4 +312,24 @@ mod tests {
                 .matches(&BTreeMap::from([("tier".into(), String::new())]))
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn the_selector_parser_never_panics(s in ".{0,300}") {
+                let _ = parse_selector(&s);
+            }
+
+            #[test]
+            fn selectors_round_trip(terms in proptest::collection::btree_map("[a-z][a-z0-9]{0,8}", "[a-z0-9]{0,8}", 1..6)) {
+                let text = terms.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let parsed = parse_selector(&text).unwrap();
+                prop_assert_eq!(&parsed.0, &terms);
+                prop_assert_eq!(parse_selector(&parsed.to_string()).unwrap(), parsed);
+            }
+        }
+    }
 }

@@ -76,6 +76,15 @@ impl SliceTracker {
         stale
     }
 
+    /// Drops expired expectations of every Service (those of deleted
+    /// Services are never checked again otherwise).
+    pub fn prune(&mut self, now: Instant) {
+        self.expected.retain(|_, by_name| {
+            by_name.retain(|_, (_, at)| now.duration_since(*at) <= EXPECTATION_TTL);
+            !by_name.is_empty()
+        });
+    }
+
     pub fn forget(&mut self, service: &ObjectKey) {
         self.expected.remove(service);
     }
@@ -112,6 +121,15 @@ mod tests {
         t.deleted(&svc, "a", t0);
         assert!(t.is_stale(&svc, &[slice("a", 1)], t0));
         assert!(!t.is_stale(&svc, &[], t0));
+    }
+
+    #[test]
+    fn prune_forgets_services_never_checked_again() {
+        let mut t = SliceTracker::default();
+        let t0 = Instant::now();
+        t.wrote(&ObjectKey::new("ns", "gone"), &slice("a", 1), t0);
+        t.prune(t0 + EXPECTATION_TTL + Duration::from_secs(1));
+        assert!(t.expected.is_empty());
     }
 
     #[test]

@@ -270,6 +270,29 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_errors_not_crashes() {
+        for input in [
+            r#"[{"name":"\ud800"}]"#,  // a lone surrogate escape
+            "[{\"name\":\"a\u{0}\"}]", // control character in a string
+            &format!(
+                "[{}]",
+                vec![r#"{"name":"n"}"#; limits::MAX_NETWORK_ENTRIES + 1].join(",")
+            ),
+        ] {
+            assert!(parse_networks(input, "p").is_err(), "{input:.60}");
+        }
+        // Deep nesting inside a key we ignore is skipped without recursion: valid, as in Multus.
+        let deep_ignored = format!(
+            r#"[{{"name":"n","cni-args":{}}}]"#,
+            "[".repeat(5000) + &"]".repeat(5000)
+        );
+        assert_eq!(
+            parse_networks(&deep_ignored, "p").unwrap(),
+            vec![sel("p", "n", "")]
+        );
+    }
+
+    #[test]
     fn deeply_nested_json_is_an_error_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(parse_networks(&deep, "p").is_err());
