@@ -133,7 +133,8 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     let (nad_tx, nad_rx) = futures::channel::mpsc::unbounded();
     let (svc_tx, svc_rx) = futures::channel::mpsc::unbounded();
     let (resync_tx, resync_rx) = futures::channel::mpsc::unbounded();
-    let (services, service_events) = endpoints::controller::service_watch(client.clone());
+    let (services, service_events, deleted_services) =
+        endpoints::controller::service_watch(client.clone());
     let feed_task = tokio::spawn(feed::run(
         shared.clone(),
         services.clone(),
@@ -150,6 +151,7 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
             shared.clone(),
             services,
             service_events,
+            deleted_services,
             svc_rx,
             resync_rx,
             stop.clone(),

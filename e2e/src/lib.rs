@@ -11,7 +11,7 @@
 pub mod operator;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -107,6 +107,16 @@ impl TestNs {
         api.create(&PostParams::default(), &obj)
             .await
             .expect("create the test namespace");
+        // Pod admission needs the namespace's default ServiceAccount, which a
+        // bare API server (no controller-manager) never creates.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        match sas.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("create the default ServiceAccount: {e}"),
+        }
         TestNs {
             client: client.clone(),
             ns,

@@ -309,13 +309,52 @@ pub fn managed_slices_selector() -> String {
     format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY)
 }
 
+/// Deletes the slices a deleted Service leaves behind. The garbage collector
+/// would too, through the owner reference; doing it here makes it prompt and
+/// independent of the collector. Only slices owned by that very Service (by
+/// uid) are deleted, so a new Service of the same name keeps its own.
+async fn delete_orphans(ctx: &Context, deleted: &Service) {
+    let key = ObjectKey::of(deleted);
+    let uid = deleted.metadata.uid.as_deref();
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
+    for slice in cached_slices(&ctx.slices, &key) {
+        if slice
+            .owner_references()
+            .iter()
+            .all(|o| Some(o.uid.as_str()) != uid)
+        {
+            continue;
+        }
+        let name = slice.name_any();
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: slice.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => ctx.shared.metrics.slice_write("delete"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => {
+                warn!(service = %key, slice = %name, error = %e, "could not delete the slice of a deleted Service; the garbage collector will")
+            }
+        }
+    }
+    ctx.tracker.lock().unwrap().forget(&key);
+    ctx.last_warning.lock().unwrap().remove(&key);
+    ctx.failures.lock().unwrap().remove(&key);
+}
+
 /// Runs the EndpointSlice controller until `shutdown` resolves.
 /// `triggers` carries Services whose selected pods changed; `resync_all`
-/// fires after a pod re-list.
+/// fires after a pod re-list; `deleted` carries deleted Services.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     shared: Shared,
     services: Store<Service>,
     service_events: impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
+    deleted: impl Stream<Item = Service> + Send + 'static,
     triggers: impl Stream<Item = ObjectKey> + Send + 'static,
     resync_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -336,7 +375,12 @@ pub async fn run(
     .touched_objects();
     let ctx = Arc::new(Context::new(shared, slices));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
-    Controller::for_stream(service_events, services)
+    let orphans_ctx = ctx.clone();
+    let orphans = deleted.for_each(move |svc| {
+        let ctx = orphans_ctx.clone();
+        async move { delete_orphans(&ctx, &svc).await }
+    });
+    let controller = Controller::for_stream(service_events, services)
         .owns_stream(slice_stream)
         .reconcile_on(refs)
         .reconcile_all_on(resync_all)
@@ -346,28 +390,40 @@ pub async fn run(
             if let Err(e) = res {
                 tracing::debug!(error = %e, "secondary-endpoints");
             }
-        })
-        .await;
+        });
+    // The orphan sweep ends with the controller.
+    tokio::select! {
+        _ = controller => {}
+        _ = orphans => {}
+    }
 }
 
 /// The Service watch: a reflector whose store the pod feed reads to find the
-/// Services a pod change concerns.
+/// Services a pod change concerns, and the Services it saw deleted.
+#[allow(clippy::type_complexity)]
 pub fn service_watch(
     client: kube::Client,
 ) -> (
     Store<Service>,
     impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
+    impl Stream<Item = Service> + Send + 'static,
 ) {
     let api: Api<Service> = Api::all(client);
     let (reader, writer) = reflector::store();
+    let (deleted_tx, deleted_rx) = futures::channel::mpsc::unbounded();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|s| {
             s.managed_fields_mut().clear();
         })
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(svc)) = event {
+                let _ = deleted_tx.unbounded_send(svc.clone());
+            }
+        })
         .applied_objects();
-    (reader, stream)
+    (reader, stream, deleted_rx)
 }
 
 /// Services in `namespace` that opt in and whose selector matches any of
@@ -611,6 +667,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(action, Action::requeue(STALE_RETRY));
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_services_slices_are_deleted_and_only_its_own() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        let mut successor = slice.clone();
+        successor.metadata.name = Some("hostnames-new".into());
+        successor.metadata.uid = Some("uid-hostnames-new".into());
+        successor.metadata.owner_references.as_mut().unwrap()[0].uid = "svc-uid-2".into();
+        let (ctx, mut api) = context(&[], &[slice, successor]);
+        let task = tokio::spawn(async move { delete_orphans(&ctx, &opted_in()).await });
+        let delete = api
+            .expect(Method::DELETE, &format!("{SLICES}/hostnames-abcde"))
+            .await;
+        assert_eq!(delete.body["preconditions"]["uid"], "uid-hostnames-abcde");
+        delete.respond(200, fixtures::status(200, "Success"));
+        task.await.unwrap();
         api.expect_silence().await;
     }
 
