@@ -103,6 +103,10 @@ fn deployment(docs: &[Value]) -> Deployment {
     d.remove(0)
 }
 
+fn probe_path(probe: &Option<k8s_openapi::api::core::v1::Probe>) -> Option<&str> {
+    probe.as_ref()?.http_get.as_ref()?.path.as_deref()
+}
+
 fn env(d: &Deployment, name: &str) -> Option<String> {
     let c = &d.spec.as_ref()?.template.spec.as_ref()?.containers[0];
     c.env
@@ -161,28 +165,8 @@ fn every_overlay_renders_with_least_privilege_rbac_and_a_hardened_deployment() {
             c.resources.as_ref().unwrap().limits.is_some()
                 && c.resources.as_ref().unwrap().requests.is_some()
         );
-        assert_eq!(
-            c.liveness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/healthz")
-        );
-        assert_eq!(
-            c.readiness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/readyz")
-        );
+        assert_eq!(probe_path(&c.liveness_probe), Some("/healthz"), "{dir}");
+        assert_eq!(probe_path(&c.readiness_probe), Some("/readyz"), "{dir}");
         assert_eq!(env(&d, "POD_NAME").as_deref(), Some("<from field>"));
         assert_eq!(env(&d, "POD_NAMESPACE").as_deref(), Some("<from field>"));
         assert_eq!(c.args.as_deref(), Some(&["run".to_string()][..]));

@@ -26,6 +26,16 @@ fn opted_in(
     })
 }
 
+/// The common stage of the Service tests: NAD `net`, pod `web-1` (label
+/// app=web) attached to it with `ips`, and Service `web` opted in with `spec`.
+async fn web_behind_service(t: &TestNs, ips: &[&str], spec: serde_json::Value) {
+    t.create_nad("net").await;
+    t.attached_pod("web-1", &nad_path(t, "net"), ips, json!({"app": "web"}))
+        .await;
+    t.create_service(opted_in("web", "net", "app=web", spec))
+        .await;
+}
+
 /// The seed's first walkthrough, selector-annotation form: the Service gets a
 /// slice with the pod's br0 address and a SecondaryEndpointsUpdated Event.
 #[tokio::test]
@@ -320,21 +330,7 @@ async fn services_opt_in_and_out() {
         return;
     };
     let t = TestNs::new(&client, "opt").await;
-    t.create_nad("net").await;
-    t.attached_pod(
-        "web-1",
-        &nad_path(&t, "net"),
-        &["192.168.5.1"],
-        json!({"app": "web"}),
-    )
-    .await;
-    t.create_service(opted_in(
-        "web",
-        "net",
-        "app=web",
-        json!({"ports": [{"port": 80}]}),
-    ))
-    .await;
+    web_behind_service(&t, &["192.168.5.1"], json!({"ports": [{"port": 80}]})).await;
     eventually("published", || async {
         (!t.published("web").await.is_empty()).then_some(())
     })
@@ -409,21 +405,7 @@ async fn a_readiness_flip_moves_the_endpoint() {
         return;
     };
     let t = TestNs::new(&client, "ready").await;
-    t.create_nad("net").await;
-    t.attached_pod(
-        "web-1",
-        &nad_path(&t, "net"),
-        &["192.168.7.1"],
-        json!({"app": "web"}),
-    )
-    .await;
-    t.create_service(opted_in(
-        "web",
-        "net",
-        "app=web",
-        json!({"ports": [{"port": 80}]}),
-    ))
-    .await;
+    web_behind_service(&t, &["192.168.7.1"], json!({"ports": [{"port": 80}]})).await;
     eventually("ready", || async {
         (t.published("web").await == vec![("192.168.7.1".into(), true)]).then_some(())
     })
@@ -495,20 +477,11 @@ async fn a_named_target_port_is_resolved_per_pod() {
         return;
     };
     let t = TestNs::new(&client, "named-port").await;
-    t.create_nad("net").await;
-    t.attached_pod(
-        "web-1",
-        &nad_path(&t, "net"),
+    web_behind_service(
+        &t,
         &["192.168.9.1"],
-        json!({"app": "web"}),
-    )
-    .await;
-    t.create_service(opted_in(
-        "web",
-        "net",
-        "app=web",
         json!({"ports": [{"name": "web", "port": 80, "targetPort": "http"}]}),
-    ))
+    )
     .await;
     let slices = eventually("published", || async {
         let s = t.slices("web").await;

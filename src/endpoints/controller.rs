@@ -35,7 +35,7 @@ pub struct Context {
     tracker: Mutex<SliceTracker>,
     /// Last Warning per Service, so an unchanged one is not repeated.
     last_warning: Mutex<HashMap<ObjectKey, String>>,
-    failures: Mutex<HashMap<ObjectKey, u32>>,
+    retries: crate::runtime::retry::Retries,
 }
 
 impl Context {
@@ -45,7 +45,7 @@ impl Context {
             slices,
             tracker: Mutex::default(),
             last_warning: Mutex::default(),
-            failures: Mutex::default(),
+            retries: Default::default(),
         }
     }
 }
@@ -158,11 +158,11 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     if decision.plan.is_empty() {
-        ctx.failures.lock().unwrap().remove(&key);
+        ctx.retries.succeeded(&key);
         return Ok(Action::requeue(RESYNC));
     }
     apply_plan(&ctx, &key, &decision.plan).await?;
-    ctx.failures.lock().unwrap().remove(&key);
+    ctx.retries.succeeded(&key);
     if let Intent::OptedIn { network, .. } = &decision.intent {
         let note = format!(
             "Updated to use network {network}: {} endpoints",
@@ -289,19 +289,12 @@ async fn apply_plan(ctx: &Context, key: &ObjectKey, plan: &SlicePlan) -> Result<
 }
 
 pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectKey::of(svc.as_ref());
-    let attempt = {
-        let mut f = ctx.failures.lock().unwrap();
-        let n = f.entry(key.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    ctx.shared
-        .metrics
-        .failure(names::ENDPOINTS_CONTROLLER, error.metric_label());
-    let delay = crate::protection::controller::retry_delay(attempt - 1);
-    warn!(service = %key, attempt, retry_in = ?delay, %error, "reconcile failed");
-    Action::requeue(delay)
+    ctx.retries.failed(
+        names::ENDPOINTS_CONTROLLER,
+        &ObjectKey::of(svc.as_ref()),
+        error,
+        &ctx.shared.metrics,
+    )
 }
 
 /// The selector label for the slices we own.
@@ -343,7 +336,7 @@ async fn delete_orphans(ctx: &Context, deleted: &Service) {
     }
     ctx.tracker.lock().unwrap().forget(&key);
     ctx.last_warning.lock().unwrap().remove(&key);
-    ctx.failures.lock().unwrap().remove(&key);
+    ctx.retries.succeeded(&key);
 }
 
 /// Runs the EndpointSlice controller until `shutdown` resolves.

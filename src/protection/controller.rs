@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{Instrument, info, instrument, warn};
+use tracing::{Instrument, info, instrument};
 
 pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
 
@@ -32,7 +32,7 @@ pub struct Context {
     pub nads: Store<NadMeta>,
     /// Last DeletionBlocked message per NAD, so an unchanged one is not repeated.
     last_blocked: Mutex<HashMap<ObjectKey, String>>,
-    failures: Mutex<HashMap<ObjectKey, u32>>,
+    retries: crate::runtime::retry::Retries,
 }
 
 impl Context {
@@ -41,7 +41,7 @@ impl Context {
             shared,
             nads,
             last_blocked: Mutex::default(),
-            failures: Mutex::default(),
+            retries: Default::default(),
         }
     }
 }
@@ -109,30 +109,18 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             }
         }
     };
-    ctx.failures.lock().unwrap().remove(&state.key);
+    ctx.retries.succeeded(&state.key);
     update_gauges(&ctx);
     Ok(action)
 }
 
-/// Capped exponential requeue per object: 1 s doubling to 5 min.
-pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(9)).min(Duration::from_secs(300))
-}
-
 pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectKey::of(nad.as_ref());
-    let attempt = {
-        let mut f = ctx.failures.lock().unwrap();
-        let n = f.entry(key.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    ctx.shared
-        .metrics
-        .failure(names::PROTECTION_CONTROLLER, error.metric_label());
-    let delay = retry_delay(attempt - 1);
-    warn!(nad = %key, attempt, retry_in = ?delay, %error, "reconcile failed");
-    Action::requeue(delay)
+    ctx.retries.failed(
+        names::PROTECTION_CONTROLLER,
+        &ObjectKey::of(nad.as_ref()),
+        error,
+        &ctx.shared.metrics,
+    )
 }
 
 fn update_gauges(ctx: &Context) {
@@ -632,12 +620,5 @@ mod tests {
             "exemplar: {text}"
         );
         assert!(text.contains("nadc_nads_protected 0"), "{text}");
-    }
-
-    #[test]
-    fn retry_delay_is_capped() {
-        assert_eq!(retry_delay(0), Duration::from_secs(1));
-        assert_eq!(retry_delay(3), Duration::from_secs(8));
-        assert_eq!(retry_delay(50), Duration::from_secs(300));
     }
 }

@@ -6,6 +6,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod permissions;
+pub mod retry;
 pub mod telemetry;
 
 use crate::{index::PodIndex, names};
