@@ -8,7 +8,7 @@
 use crate::model::{ObjectKey, PodView};
 use crate::protection::decide::nads_in_use;
 use kube::runtime::watcher;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// One pod's before and after; `None` when it did not exist.
@@ -41,9 +41,14 @@ impl PodChange {
     }
 }
 
+/// Pod names per (label key, label value), within one namespace.
+type LabelIndex = HashMap<(String, String), BTreeSet<String>>;
+
 #[derive(Default)]
 pub struct PodIndex {
     by_namespace: HashMap<String, HashMap<String, Arc<PodView>>>,
+    /// Per namespace, so that a selector costs O(pods it selects), not a scan.
+    by_label: HashMap<String, LabelIndex>,
     users: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     len: usize,
     /// Pods of a re-list in progress; swapped in whole at InitDone.
@@ -148,6 +153,13 @@ impl PodIndex {
                 .or_default()
                 .insert(pod.key.clone());
         }
+        let labels = self.by_label.entry(pod.key.namespace.clone()).or_default();
+        for (k, v) in &pod.labels {
+            labels
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .insert(pod.key.name.clone());
+        }
     }
 
     fn unlink(&mut self, pod: &PodView) {
@@ -159,6 +171,48 @@ impl PodIndex {
                 }
             }
         }
+        if let Some(labels) = self.by_label.get_mut(&pod.key.namespace) {
+            for (k, v) in &pod.labels {
+                let term = (k.clone(), v.clone());
+                if let Some(names) = labels.get_mut(&term) {
+                    names.remove(&pod.key.name);
+                    if names.is_empty() {
+                        labels.remove(&term);
+                    }
+                }
+            }
+            if labels.is_empty() {
+                self.by_label.remove(&pod.key.namespace);
+            }
+        }
+    }
+
+    /// Pods of `namespace` carrying every label of `selector` (an empty
+    /// selector selects nothing, as for Services). Starts from the rarest
+    /// term, so the cost is that term's pods, not the namespace's.
+    pub fn select<'a>(
+        &'a self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<&'a Arc<PodView>> {
+        let (Some(labels), Some(pods)) = (
+            self.by_label.get(namespace),
+            self.by_namespace.get(namespace),
+        ) else {
+            return Vec::new();
+        };
+        let postings: Option<Vec<&BTreeSet<String>>> = selector
+            .iter()
+            .map(|(k, v)| labels.get(&(k.clone(), v.clone())))
+            .collect();
+        let Some(rarest) = postings.and_then(|p| p.into_iter().min_by_key(|s| s.len())) else {
+            return Vec::new();
+        };
+        rarest
+            .iter()
+            .filter_map(|name| pods.get(name))
+            .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .collect()
     }
 
     /// Pods that use `nad`, sorted.
@@ -258,6 +312,56 @@ mod tests {
         assert_eq!(c.touched_nads(), [nad("a", "n1")].into());
         assert!(idx.users(&nad("a", "n1")).is_empty());
         assert!(idx.is_empty());
+    }
+
+    fn labelled(ns: &str, name: &str, labels: serde_json::Value) -> PodView {
+        let lite: PodLite = serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": ns, "labels": labels}}),
+        )
+        .unwrap();
+        PodView::new(lite, "kube-system")
+    }
+
+    #[test]
+    fn select_follows_label_changes_and_deletes() {
+        let sel = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let names = |v: Vec<&Arc<PodView>>| -> Vec<String> {
+            let mut n: Vec<String> = v.iter().map(|p| p.key.name.clone()).collect();
+            n.sort();
+            n
+        };
+        let mut idx = PodIndex::new();
+        idx.upsert(labelled("a", "p1", json!({"app": "web", "tier": "front"})));
+        idx.upsert(labelled("a", "p2", json!({"app": "web"})));
+        idx.upsert(labelled("b", "p3", json!({"app": "web", "tier": "front"})));
+        assert_eq!(
+            names(idx.select("a", &sel(&[("app", "web")]))),
+            vec!["p1", "p2"]
+        );
+        assert_eq!(
+            names(idx.select("a", &sel(&[("app", "web"), ("tier", "front")]))),
+            vec!["p1"]
+        );
+        assert!(idx.select("a", &sel(&[("app", "db")])).is_empty());
+        assert!(
+            idx.select("a", &sel(&[])).is_empty(),
+            "an empty selector selects nothing"
+        );
+        idx.upsert(labelled("a", "p1", json!({"app": "db"})));
+        assert_eq!(names(idx.select("a", &sel(&[("app", "web")]))), vec!["p2"]);
+        assert_eq!(names(idx.select("a", &sel(&[("app", "db")]))), vec!["p1"]);
+        idx.remove(&nad("a", "p2"));
+        assert!(idx.select("a", &sel(&[("app", "web")])).is_empty());
+        idx.remove(&nad("a", "p1"));
+        assert!(
+            !idx.by_label.contains_key("a"),
+            "no empty namespaces left behind"
+        );
     }
 
     #[test]

@@ -97,8 +97,8 @@ pub fn decide_service(
     let desired = match &intent {
         Intent::OptedIn { network, selector } => {
             let selected = pods
-                .pods_in_namespace(namespace)
-                .filter(|p| selector.matches(&p.labels))
+                .select(namespace, &selector.0)
+                .into_iter()
                 .map(|p| p.as_ref());
             desired_endpoints(svc, network, selected)
         }
