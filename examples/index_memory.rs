@@ -1,0 +1,49 @@
+//! Memory held by the pod index: RSS growth while 10,000 pods (the shape the
+//! scale benchmark uses: labels, a networks annotation, a network-status
+//! with two entries, one named port) are deserialized from API-shaped JSON
+//! into the index, the way the pod feed does it.
+//!
+//!     cargo run --release --example index_memory [PODS]
+
+use nadc::index::PodIndex;
+use nadc::model::{PodLite, PodView};
+use serde_json::json;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let before = rss_kib();
+    let mut index = PodIndex::new();
+    for i in 0..n {
+        let ns = format!("ns-{}", i % 10);
+        let status = json!([
+            {"name": "kindnet", "interface": "eth0", "ips": [format!("10.244.{}.{}", i / 250, i % 250 + 1)], "default": true},
+            {"name": format!("{ns}/net-{}", i % 50), "interface": "net1", "ips": [format!("192.168.{}.{}", i / 250, i % 250 + 1)], "mac": "02:00:00:00:00:01"}
+        ]);
+        // A full API object, with the fields PodLite skips (managedFields, env, volumes...).
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("web-{i}-7d9c8b5f4-x2kqp"), "namespace": ns, "uid": format!("6f0a3c2e-0000-4000-8000-{i:012}"),
+                         "resourceVersion": "123456", "creationTimestamp": "2026-11-23T10:00:00Z",
+                         "labels": {"app": format!("svc-{}", i % 200), "pod-template-hash": "7d9c8b5f4"},
+                         "annotations": {"k8s.v1.cni.cncf.io/networks": format!("net-{}", i % 50), "k8s.v1.cni.cncf.io/network-status": status.to_string()},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsV1": {"f:status": {"f:conditions": {}}}}]},
+            "spec": {"nodeName": format!("node-{}", i % 50), "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                     "env": [{"name": "A", "value": "b"}], "ports": [{"name": "http", "containerPort": 8080}]}],
+                     "volumes": [{"name": "token", "projected": {"sources": []}}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        let lite: PodLite = serde_json::from_value(pod).unwrap();
+        index.upsert(PodView::new(lite, "kube-system"));
+    }
+    let after = rss_kib();
+    println!("{n} pods in the index: RSS grew by {:.1} MiB ({} bytes per pod)", (after - before) as f64 / 1024.0, (after - before) * 1024 / n as u64);
+}
