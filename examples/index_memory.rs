@@ -19,7 +19,10 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
     let before = rss_kib();
     let mut index = PodIndex::new();
     for i in 0..n {
@@ -45,5 +48,9 @@ fn main() {
         index.upsert(PodView::new(lite, "kube-system"));
     }
     let after = rss_kib();
-    println!("{n} pods in the index: RSS grew by {:.1} MiB ({} bytes per pod)", (after - before) as f64 / 1024.0, (after - before) * 1024 / n as u64);
+    println!(
+        "{n} pods in the index: RSS grew by {:.1} MiB ({} bytes per pod)",
+        (after - before) as f64 / 1024.0,
+        (after - before) * 1024 / n as u64
+    );
 }

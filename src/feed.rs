@@ -94,7 +94,7 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
                 let _ = out.nads.unbounded_send(nad);
             }
             for problem in problems.fresh(change) {
-                report_problem(&shared, change, problem).await;
+                report_problem(&shared, change, problem);
             }
         }
         if relisted {
@@ -124,7 +124,10 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
     }
 }
 
-async fn report_problem(
+/// Counts, logs and reports (as a Warning Event) an unparsable annotation.
+/// The Event is sent in the background: a slow events API must not hold up
+/// the pod feed, and with it every other object.
+fn report_problem(
     shared: &Shared,
     change: &PodChange,
     problem: &crate::model::pod::AnnotationProblem,
@@ -146,23 +149,20 @@ async fn report_problem(
         uid: Some(pod.uid.clone()),
         ..Default::default()
     };
-    shared
-        .publish(
-            Event {
-                type_: EventType::Warning,
-                reason: names::reasons::INVALID_NETWORK_ANNOTATION.into(),
-                note: Some(
-                    format!("{} is ignored: {}", problem.annotation, problem.error)
-                        .chars()
-                        .take(1000)
-                        .collect(),
-                ),
-                action: "ParseAnnotation".into(),
-                secondary: None,
-            },
-            &reference,
-        )
-        .await;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: names::reasons::INVALID_NETWORK_ANNOTATION.into(),
+        note: Some(
+            format!("{} is ignored: {}", problem.annotation, problem.error)
+                .chars()
+                .take(1000)
+                .collect(),
+        ),
+        action: "ParseAnnotation".into(),
+        secondary: None,
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move { shared.publish(event, &reference).await });
 }
 
 #[cfg(test)]
