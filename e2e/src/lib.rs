@@ -272,6 +272,42 @@ impl TestNs {
         let _ = self.pods().delete(name, &dp).await;
     }
 
+    /// Waits until `nad` carries our finalizer.
+    pub async fn wait_protected(&self, nad: &str) {
+        eventually(&format!("{nad} gets the finalizer"), || async {
+            self.has_finalizer(nad).await.filter(|f| *f)
+        })
+        .await;
+    }
+
+    pub async fn delete_nad(&self, nad: &str) {
+        self.nads()
+            .delete(nad, &DeleteParams::default())
+            .await
+            .expect("delete NAD");
+    }
+
+    /// Waits until `nad` is gone from the API.
+    pub async fn wait_nad_gone(&self, nad: &str) {
+        eventually(&format!("{nad} disappears"), || async {
+            self.nads()
+                .get_opt(nad)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for our Event with `reason` about the object, and returns it.
+    pub async fn wait_event(&self, kind: &str, name: &str, reason: &str) -> Event {
+        eventually(&format!("{reason} on {kind} {name}"), || async {
+            self.events(kind, name, reason).await.into_iter().next()
+        })
+        .await
+    }
+
     pub async fn has_finalizer(&self, nad: &str) -> Option<bool> {
         let n = self.nads().get_opt(nad).await.expect("get NAD")?;
         Some(n.finalizers().iter().any(|f| f == names::FINALIZER))

@@ -104,26 +104,16 @@ async fn seed_nad_in_use_is_not_deleted() {
         json!({}),
     )
     .await;
-    eventually("the finalizer is added", || async {
-        t.has_finalizer("foo-network").await.filter(|f| *f)
-    })
-    .await;
+    t.wait_protected("foo-network").await;
 
-    t.nads()
-        .delete("foo-network", &DeleteParams::default())
-        .await
-        .unwrap();
-    let blocked = eventually("DeletionBlocked names the pod", || async {
-        t.events(
+    t.delete_nad("foo-network").await;
+    let blocked = t
+        .wait_event(
             "NetworkAttachmentDefinition",
             "foo-network",
             names::reasons::DELETION_BLOCKED,
         )
-        .await
-        .into_iter()
-        .next()
-    })
-    .await;
+        .await;
     assert!(blocked.note.unwrap().contains(&format!("{}/demo", t.ns)));
     consistently(
         "foo-network stays, Terminating, same UID",
@@ -138,26 +128,14 @@ async fn seed_nad_in_use_is_not_deleted() {
     .await;
 
     t.delete_pod("demo").await;
-    eventually("foo-network disappears once demo is gone", || async {
-        t.nads()
-            .get_opt("foo-network")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    let released = eventually("ProtectionReleased", || async {
-        t.events(
+    t.wait_nad_gone("foo-network").await;
+    let released = t
+        .wait_event(
             "NetworkAttachmentDefinition",
             "foo-network",
             names::reasons::PROTECTION_RELEASED,
         )
-        .await
-        .into_iter()
-        .next()
-    })
-    .await;
+        .await;
     assert_eq!(released.type_.as_deref(), Some("Normal"));
 }
 
@@ -174,14 +152,8 @@ async fn a_nad_created_after_its_pod_is_protected() {
     )
     .await;
     t.create_nad("late-net").await;
-    eventually("the finalizer is added", || async {
-        t.has_finalizer("late-net").await.filter(|f| *f)
-    })
-    .await;
-    t.nads()
-        .delete("late-net", &DeleteParams::default())
-        .await
-        .unwrap();
+    t.wait_protected("late-net").await;
+    t.delete_nad("late-net").await;
     consistently(
         "late-net stays while early exists",
         Duration::from_secs(5),
@@ -189,15 +161,7 @@ async fn a_nad_created_after_its_pod_is_protected() {
     )
     .await;
     t.delete_pod("early").await;
-    eventually("late-net disappears", || async {
-        t.nads()
-            .get_opt("late-net")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    t.wait_nad_gone("late-net").await;
 }
 
 #[tokio::test]
@@ -214,14 +178,8 @@ async fn a_terminal_pod_does_not_block_deletion() {
     )
     .await;
     t.set_pod_status("finished", "Succeeded", false).await;
-    eventually("the finalizer is added", || async {
-        t.has_finalizer("done-net").await.filter(|f| *f)
-    })
-    .await;
-    t.nads()
-        .delete("done-net", &DeleteParams::default())
-        .await
-        .unwrap();
+    t.wait_protected("done-net").await;
+    t.delete_nad("done-net").await;
     eventually(
         "done-net disappears although a Succeeded pod references it",
         || async {
@@ -250,35 +208,16 @@ async fn the_default_network_annotation_protects() {
         json!({}),
     )
     .await;
-    eventually("the finalizer is added", || async {
-        t.has_finalizer("primary").await.filter(|f| *f)
-    })
-    .await;
-    t.nads()
-        .delete("primary", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("DeletionBlocked", || async {
-        t.events(
-            "NetworkAttachmentDefinition",
-            "primary",
-            names::reasons::DELETION_BLOCKED,
-        )
-        .await
-        .into_iter()
-        .next()
-    })
+    t.wait_protected("primary").await;
+    t.delete_nad("primary").await;
+    t.wait_event(
+        "NetworkAttachmentDefinition",
+        "primary",
+        names::reasons::DELETION_BLOCKED,
+    )
     .await;
     t.delete_pod("p").await;
-    eventually("primary disappears", || async {
-        t.nads()
-            .get_opt("primary")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    t.wait_nad_gone("primary").await;
 }
 
 #[tokio::test]
@@ -300,22 +239,12 @@ async fn an_invalid_annotation_warns_and_blocks_nothing_else() {
         json!({}),
     )
     .await;
-    let warning = eventually("InvalidNetworkAnnotation on the bad pod", || async {
-        t.events("Pod", "bad", names::reasons::INVALID_NETWORK_ANNOTATION)
-            .await
-            .into_iter()
-            .next()
-    })
-    .await;
+    let warning = t
+        .wait_event("Pod", "bad", names::reasons::INVALID_NETWORK_ANNOTATION)
+        .await;
     assert!(warning.note.unwrap().contains("more than one '/'"));
-    eventually("the good pod's NAD is still protected", || async {
-        t.has_finalizer("good-net").await.filter(|f| *f)
-    })
-    .await;
-    t.nads()
-        .delete("good-net", &DeleteParams::default())
-        .await
-        .unwrap();
+    t.wait_protected("good-net").await;
+    t.delete_nad("good-net").await;
     consistently(
         "good-net stays while the good pod exists",
         Duration::from_secs(3),
@@ -385,13 +314,9 @@ async fn a_spec_selector_is_a_conflict() {
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
     }))
     .await;
-    let warning = eventually("SelectorConflict", || async {
-        t.events("Service", "web", names::reasons::SELECTOR_CONFLICT)
-            .await
-            .into_iter()
-            .next()
-    })
-    .await;
+    let warning = t
+        .wait_event("Service", "web", names::reasons::SELECTOR_CONFLICT)
+        .await;
     assert!(warning.note.unwrap().contains("remove spec.selector"));
     assert!(
         t.slices("web").await.is_empty(),
@@ -544,24 +469,13 @@ async fn a_restart_during_a_blocked_deletion_still_releases() {
         json!({}),
     )
     .await;
-    eventually("the finalizer is added", || async {
-        t.has_finalizer("net").await.filter(|f| *f)
-    })
-    .await;
-    t.nads()
-        .delete("net", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("DeletionBlocked", || async {
-        t.events(
-            "NetworkAttachmentDefinition",
-            "net",
-            names::reasons::DELETION_BLOCKED,
-        )
-        .await
-        .into_iter()
-        .next()
-    })
+    t.wait_protected("net").await;
+    t.delete_nad("net").await;
+    t.wait_event(
+        "NetworkAttachmentDefinition",
+        "net",
+        names::reasons::DELETION_BLOCKED,
+    )
     .await;
 
     op.restart(&client).await;
@@ -573,13 +487,5 @@ async fn a_restart_during_a_blocked_deletion_still_releases() {
         .expect("still there after the restart");
     assert_eq!(still.metadata.uid, nad.metadata.uid);
     t.delete_pod("user").await;
-    eventually("net disappears", || async {
-        t.nads()
-            .get_opt("net")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    t.wait_nad_gone("net").await;
 }
