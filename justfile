@@ -43,8 +43,7 @@ image:
 manifests:
     for o in kustomize/base kustomize/overlays/*; do echo "== $o"; kubectl kustomize "$o" > /dev/null; done
 
-# End-to-end on a fresh kind cluster: create, build, load, deploy, test, delete.
-# KEEP_CLUSTER=1 keeps the cluster for a look afterwards.
+# End-to-end on a new kind cluster: create, build, load, deploy, test, delete (KEEP_CLUSTER=1 keeps it).
 e2e:
     #!/usr/bin/env bash
     set -euo pipefail
