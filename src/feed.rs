@@ -73,7 +73,6 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
     let multus_ns = shared.settings.multus_namespace.clone();
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
     let mut problems = ProblemLog::default();
-    let mut initial_list_done = false;
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(ev) => map_event(ev, |pod| PodView::new(pod, &multus_ns)),
@@ -83,11 +82,12 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
             }
         };
         let relisted = matches!(event, watcher::Event::InitDone);
-        let changes = {
+        let (changes, first_sync) = {
             let mut index = shared.pods.write().expect("pod index lock");
+            let was_synced = index.is_synced();
             let changes = index.apply_watcher_event(event);
             shared.metrics.pods_indexed.set(index.len() as i64);
-            changes
+            (changes, !was_synced && index.is_synced())
         };
         for change in &changes {
             for nad in change.touched_nads() {
@@ -98,9 +98,8 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
             }
         }
         if relisted {
-            if !initial_list_done {
+            if first_sync {
                 info!(pods = shared.pods.read().unwrap().len(), "pod index synced");
-                initial_list_done = true;
                 let _ = out.synced.send(true);
             }
             let _ = out.resync_services.unbounded_send(());

@@ -223,23 +223,6 @@ impl PodIndex {
             .unwrap_or_default()
     }
 
-    pub fn get(&self, key: &ObjectKey) -> Option<Arc<PodView>> {
-        self.by_namespace
-            .get(&key.namespace)?
-            .get(&key.name)
-            .cloned()
-    }
-
-    pub fn pods_in_namespace<'a>(
-        &'a self,
-        namespace: &str,
-    ) -> impl Iterator<Item = &'a Arc<PodView>> + 'a {
-        self.by_namespace
-            .get(namespace)
-            .into_iter()
-            .flat_map(|pods| pods.values())
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }

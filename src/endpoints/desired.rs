@@ -81,11 +81,13 @@ pub fn desired_endpoints<'a>(
     network: &ObjectKey,
     pods: impl IntoIterator<Item = &'a PodView>,
 ) -> Vec<EndpointGroup> {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    let spec = svc.spec.as_ref();
+    let publish_not_ready = spec
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
     let svc_name = svc.metadata.name.as_deref().unwrap_or_default();
     let families = address_types(svc);
-    let service_ports = spec.ports.unwrap_or_default();
+    let service_ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
 
     let mut groups: BTreeMap<GroupKey, EndpointGroup> = BTreeMap::new();
     for pod in pods {
@@ -96,7 +98,7 @@ pub fn desired_endpoints<'a>(
         if addresses.is_empty() {
             continue;
         }
-        let ports = resolve_ports(&service_ports, pod);
+        let ports = resolve_ports(service_ports, pod);
         for family in &families {
             let Some(ip) = addresses.iter().find(|ip| family_of(ip) == *family) else {
                 continue;
