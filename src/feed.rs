@@ -139,7 +139,7 @@ fn report_problem(
             annotation: problem.annotation.into(),
         })
         .inc();
-    warn!(pod = %pod.key, annotation = problem.annotation, error = %problem.error, "ignoring an annotation that does not parse");
+    warn!(pod = %pod.key, annotation = problem.annotation, error = %problem.error, "an annotation does not parse");
     let reference = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -151,12 +151,7 @@ fn report_problem(
     let event = Event {
         type_: EventType::Warning,
         reason: names::reasons::INVALID_NETWORK_ANNOTATION.into(),
-        note: Some(
-            format!("{} is ignored: {}", problem.annotation, problem.error)
-                .chars()
-                .take(1000)
-                .collect(),
-        ),
+        note: Some(problem.message().chars().take(1000).collect()),
         action: "ParseAnnotation".into(),
         secondary: None,
     };

@@ -224,7 +224,7 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
             warnings.push(Warning {
                 reason: reasons::INVALID_NETWORK_ANNOTATION.into(),
                 object: format!("Pod {}", view.key),
-                message: format!("{} is ignored: {}", p.annotation, p.error),
+                message: p.message(),
             });
         }
         index.upsert(view);

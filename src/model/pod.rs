@@ -100,8 +100,34 @@ impl Resource for PodLite {
 pub struct AnnotationProblem {
     pub annotation: &'static str,
     pub error: AnnotationError,
+    /// The NADs protection still holds for this pod because the value could
+    /// name them (empty for network-status, which only feeds endpoints).
+    pub held: Vec<ObjectKey>,
     /// Hash of the offending value, so the same bad value is reported once.
     pub value_hash: u64,
+}
+
+impl AnnotationProblem {
+    /// What the `InvalidNetworkAnnotation` Warning says.
+    pub fn message(&self) -> String {
+        let held = match self.held.len() {
+            0 => String::new(),
+            n => {
+                let named: Vec<String> =
+                    self.held.iter().take(5).map(ToString::to_string).collect();
+                let more = if n > 5 {
+                    format!(" and {} more", n - 5)
+                } else {
+                    String::new()
+                };
+                format!(
+                    ". Until it is fixed, every network it could name stays protected: {}{more}",
+                    named.join(", ")
+                )
+            }
+        };
+        format!("{} does not parse: {}{held}", self.annotation, self.error)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,8 +145,10 @@ pub struct PodView {
     pub hostname: Option<String>,
     pub subdomain: Option<String>,
     pub ports: Vec<ContainerPortLite>,
-    /// Every NAD the pod's annotations reference (networks and
-    /// default-network), sorted and without duplicates.
+    /// Every NAD the pod may be using, sorted and without duplicates: those
+    /// its networks and default-network annotations name (every candidate,
+    /// when a value does not parse) and those Multus reports attached in
+    /// network-status. Protection errs towards holding.
     pub nads: Vec<ObjectKey>,
     /// Multus' report of the attached secondary networks (default entry dropped).
     pub network_status: Vec<NetworkStatus>,
@@ -133,29 +161,36 @@ impl PodView {
         let namespace = meta.namespace.unwrap_or_default();
         let annotations = meta.annotations.unwrap_or_default();
         let mut problems = Vec::new();
-        let mut report = |annotation: &'static str, value: &str, error: AnnotationError| {
+        let mut nads = Vec::new();
+        let mut report = |annotation: &'static str, value: &str, error, held: &[ObjectKey]| {
             problems.push(AnnotationProblem {
                 annotation,
                 error,
+                held: held.to_vec(),
                 value_hash: hash_str(value),
             })
         };
 
-        let mut nads = Vec::new();
         if let Some(value) = annotations.get(names::NETWORKS_ANNOTATION) {
             match multus::parse_networks(value, &namespace) {
                 Ok(sel) => nads.extend(sel.iter().map(|s| s.nad())),
-                Err(e) => report(names::NETWORKS_ANNOTATION, value, e),
+                Err(e) => {
+                    let held = multus::nad_candidates(value, &namespace);
+                    report(names::NETWORKS_ANNOTATION, value, e, &held);
+                    nads.extend(held);
+                }
             }
         }
         if let Some(value) = annotations.get(names::DEFAULT_NETWORK_ANNOTATION) {
             match multus::parse_default_network(value, multus_namespace) {
-                Ok(sel) => nads.extend(sel.iter().map(|s| s.nad())),
-                Err(e) => report(names::DEFAULT_NETWORK_ANNOTATION, value, e),
+                Ok(sel) => nads.push(sel.nad()),
+                Err(e) => {
+                    let held = multus::nad_candidates(value, multus_namespace);
+                    report(names::DEFAULT_NETWORK_ANNOTATION, value, e, &held);
+                    nads.extend(held);
+                }
             }
         }
-        nads.sort();
-        nads.dedup();
 
         let status_value = annotations
             .get(names::NETWORK_STATUS_ANNOTATION)
@@ -168,16 +203,30 @@ impl PodView {
         let network_status = match status_value {
             Some((name, value)) => match multus::parse_network_status(value) {
                 Ok(mut entries) => {
+                    // What Multus attached stays attached until the pod goes,
+                    // whatever the (mutable) request annotations say now.
+                    nads.extend(
+                        entries
+                            .iter()
+                            .filter(|e| !e.default || e.name.contains('/'))
+                            .map(|e| e.network(&namespace)),
+                    );
                     entries.retain(|e| !e.default);
                     entries
                 }
                 Err(e) => {
-                    report(name, value, e);
+                    nads.extend(multus::nad_candidates(value, &namespace));
+                    report(name, value, e, &[]);
                     Vec::new()
                 }
             },
             None => Vec::new(),
         };
+        // A key that is no valid NAD name can never match one: not kept.
+        nads.retain(multus::is_nad_key);
+        nads.sort();
+        nads.dedup();
+        nads.shrink_to_fit();
 
         let status = pod.status;
         let ready = status
@@ -267,8 +316,16 @@ mod tests {
             })),
             "kube-system",
         );
-        assert_eq!(pod.nads, vec![ObjectKey::new("kube-system", "ok")]);
+        // Fail safe: "x" could still be a network in the pod's namespace.
+        assert_eq!(
+            pod.nads,
+            vec![
+                ObjectKey::new("kube-system", "ok"),
+                ObjectKey::new("ns", "x")
+            ]
+        );
         assert_eq!(pod.problems.len(), 1);
+        assert_eq!(pod.problems[0].held, vec![ObjectKey::new("ns", "x")]);
         assert_eq!(pod.problems[0].annotation, names::NETWORKS_ANNOTATION);
     }
 

@@ -3,18 +3,19 @@
 //! Pure: strings in, plain data or a [`AnnotationError`] out. Every parser
 //! bounds its work (see [`limits`]) so that hostile input costs little.
 
+mod golang;
 mod networks;
 mod status;
 
-pub use networks::{NetworkSelection, parse_default_network, parse_networks};
+pub use networks::{
+    MAX_CANDIDATES, NetworkSelection, nad_candidates, parse_default_network, parse_networks,
+};
 pub use status::{NetworkStatus, parse_network_status, secondary_addresses};
 
 /// Bounds on what one annotation may hold; beyond them the value is rejected.
 pub mod limits {
     /// Kubernetes caps all annotations of an object at 256 KiB together.
     pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
-    /// More attachments than this per pod is not a real configuration.
-    pub const MAX_NETWORK_ENTRIES: usize = 1024;
     /// Addresses kept per network-status entry.
     pub const MAX_IPS_PER_ENTRY: usize = 64;
 }
@@ -24,14 +25,14 @@ pub mod limits {
 pub enum AnnotationError {
     #[error("value is {0} bytes, over the {max} byte limit", max = limits::MAX_ANNOTATION_BYTES)]
     TooLarge(usize),
-    #[error("{0} entries, over the limit of {max}", max = limits::MAX_NETWORK_ENTRIES)]
-    TooManyEntries(usize),
     #[error("not a JSON list of network selections: {0}")]
     Json(String),
     #[error("invalid network reference {item:?}: {why}")]
     InvalidItem { item: String, why: String },
     #[error("more than one default network is specified")]
     MultipleDefaultNetworks,
+    #[error("no default network is named (Multus fails the pod)")]
+    NoDefaultNetwork,
 }
 
 /// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`: the DNS-1123 label check Multus applies
@@ -43,6 +44,17 @@ pub(crate) fn is_dns1123_label(s: &str) -> bool {
         && alnum(&b[0])
         && alnum(&b[b.len() - 1])
         && b.iter().all(|c| alnum(c) || *c == b'-')
+}
+
+/// A NetworkAttachmentDefinition's name: a DNS-1123 subdomain, as the API
+/// server requires of every custom resource.
+pub(crate) fn is_nad_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// True when `key` could be a NAD: a namespace label and a NAD name.
+pub fn is_nad_key(key: &crate::model::ObjectKey) -> bool {
+    key.namespace.len() <= 63 && is_dns1123_label(&key.namespace) && is_nad_name(&key.name)
 }
 
 pub(crate) fn check_size(value: &str) -> Result<(), AnnotationError> {

@@ -35,9 +35,6 @@ pub fn parse_network_status(value: &str) -> Result<Vec<NetworkStatus>, Annotatio
     }
     let mut entries: Vec<NetworkStatus> =
         serde_json::from_str(value).map_err(|e| AnnotationError::Json(e.to_string()))?;
-    if entries.len() > limits::MAX_NETWORK_ENTRIES {
-        return Err(AnnotationError::TooManyEntries(entries.len()));
-    }
     for e in &mut entries {
         e.ips.truncate(limits::MAX_IPS_PER_ENTRY);
     }
