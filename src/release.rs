@@ -31,7 +31,8 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
             // A conflict means the list changed under us: re-read and retry.
             let mut outcome = Released::NotHeld(key.clone());
             for _ in 0..5 {
-                let Some(patch) = remove_finalizer_patch(&finalizers) else {
+                let Some(patch) = remove_finalizer_patch(nad.metadata.uid.as_deref(), &finalizers)
+                else {
                     break;
                 };
                 match ns_api

@@ -1,25 +1,33 @@
-//! Model-based test of the protection promise: whatever the interleaving of
-//! pod and NAD changes, cache lag, controller restarts and patch conflicts,
-//! no NAD is removed while a non-terminal pod that references it exists, no
-//! finalizer but ours is ever touched, and a deleting NAD nobody uses is
-//! eventually removed.
+//! Model-based test of the protection promise, judged by an independent
+//! oracle of Multus (`oracle/`): whatever the annotations (Multus-valid edge
+//! cases and garbage alike) and whatever the interleaving of pod and NAD
+//! changes, watch lag, controller restarts, concurrent writers, same-name
+//! re-creation and expired LIST continue tokens, no NAD leaves the API while
+//! a non-terminal pod that Multus attaches it to exists, our finalizer never
+//! leaves a NAD that is not being deleted, no other finalizer is touched, and
+//! a deleting NAD no pod mentions is eventually released.
 //!
-//! It drives the real decision code (PodView parsing, PodIndex, decide, the
-//! JSON patches, applied with real JSON-patch semantics) against a small
-//! in-memory model of the API server's finalizer rules: an object being
-//! deleted goes when its finalizer list empties, and no finalizer may be
-//! added once deletion has started.
+//! The code under test is the real thing: `protection::controller::reconcile`
+//! sending real HTTP requests through a kube `Client` to a small stateful
+//! API server (below) with the API server's finalizer, JSON-patch and
+//! pagination semantics; the pod index is fed watch events that lag, and
+//! the NADs it reports as touched are reconciled.
 
-use kube::runtime::watcher::Event;
-use nadc::index::PodIndex;
+mod oracle;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
 use nadc::model::{ObjectKey, PodLite, PodView};
+use nadc::multus::parse_networks;
 use nadc::names::FINALIZER;
-use nadc::protection::decide::{
-    Decision, NadState, add_finalizer_patch, decide, pod_uses, remove_finalizer_patch,
-};
+use nadc::protection::controller::{Context, NadMeta, reconcile};
+use nadc::runtime::{Settings, Shared, metrics::Metrics};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 const OTHER: &str = "example.com/keep";
 const NADS: &[(&str, &str)] = &[
@@ -28,37 +36,105 @@ const NADS: &[(&str, &str)] = &[
     ("ns1", "net-c"),
     ("ns2", "net-a"),
 ];
-const ANNOTATIONS: &[&str] = &[
-    "net-a",
-    "net-a, net-a",
-    "ns2/net-b",
-    r#"[{"name":"net-b","namespace":"ns2"}]"#,
-    "net-a,ns2/net-b",
-    "Bad/x/y",
-    r#"[{"name":"net-c""#,
-    "",
-];
+const MULTUS_NS: &str = "kube-system";
+
+// ---------------------------------------------------------------- annotations
+
+/// Annotation values: Multus-valid edge cases (free-form interfaces,
+/// capitalised and folded JSON keys, whitespace, duplicates) and invalid ones.
+fn annotation() -> impl Strategy<Value = String> {
+    let ns = prop::sample::select(vec!["", "ns1/", "ns2/", " ns2 / ", "Ns1/", "a/b/"]);
+    let name = prop::sample::select(vec![
+        "net-a", "net-b", "net-c", " net-a ", "Net-A", "net_a", "",
+    ]);
+    let iface = prop::sample::select(vec![
+        "",
+        "@eth1",
+        "@net_1",
+        "@eth0.100",
+        "@Net1",
+        "@net.2_b",
+        "@ x ",
+        "@a b",
+        "@x/y",
+        "@abcdefghijklmnop",
+        "@a@b",
+    ]);
+    let comma_item = (ns, name, iface).prop_map(|(n, m, i)| format!("{n}{m}{i}"));
+    let comma = prop::collection::vec(comma_item, 1..4).prop_map(|v| v.join(","));
+
+    let key = |k: &'static [&'static str]| prop::sample::select(k.to_vec());
+    let json_field = prop_oneof![
+        (
+            key(&["name", "Name", "NAME"]),
+            prop::sample::select(vec![
+                "\"net-a\"",
+                "\"net-b\"",
+                "\"net-c\"",
+                "\"Net-A\"",
+                "\"\"",
+                "null",
+                "3"
+            ])
+        )
+            .prop_map(|(k, v)| format!("\"{k}\":{v}")),
+        (
+            key(&["namespace", "Namespace", "nameſpace"]),
+            prop::sample::select(vec!["\"ns1\"", "\"ns2\"", "\"\"", "null"])
+        )
+            .prop_map(|(k, v)| format!("\"{k}\":{v}")),
+        (
+            key(&["interface", "Interface", "interfaceRequest"]),
+            prop::sample::select(vec!["\"net_1\"", "\"a-very-long-interface\"", "\"\"", "7"])
+        )
+            .prop_map(|(k, v)| format!("\"{k}\":{v}")),
+        prop::sample::select(vec![
+            "\"ips\":[\"10.1.1.1/24\"]",
+            "\"ips\":[\"10.1.1.300\"]",
+            "\"mac\":\"c2:11:22:33:44:55\"",
+            "\"mac\":\"c2:11\"",
+            "\"cni-args\":{\"x\":[1,{}]}",
+            "\"x\":\"\\ud800\"",
+        ])
+        .prop_map(str::to_string),
+    ];
+    let object =
+        prop::collection::vec(json_field, 0..5).prop_map(|f| format!("{{{}}}", f.join(",")));
+    let json = (
+        prop::collection::vec(object, 0..3),
+        prop::sample::select(vec!["", ",", " x", "]"]),
+    )
+        .prop_map(|(o, tail)| format!("[{}]{tail}", o.join(", ")));
+    prop_oneof![
+        4 => comma,
+        4 => json,
+        1 => Just(String::new()),
+        1 => "[a-z0-9 ,/@\"\\[\\]{}:.A-Z_-]{0,24}",
+    ]
+}
+
+// ----------------------------------------------------------------- the model
 
 #[derive(Clone, Debug)]
 enum Step {
     CreatePod {
-        ns: usize,
-        name: usize,
-        annotation: usize,
+        pod: usize,
+        annotation: String,
         default_net: bool,
     },
     UpdatePod {
-        ns: usize,
-        name: usize,
-        annotation: usize,
+        pod: usize,
+        annotation: String,
+    },
+    /// Multus attaches what the annotation names now and reports it in network-status.
+    MultusAttach {
+        pod: usize,
     },
     TerminatePod {
-        ns: usize,
-        name: usize,
+        pod: usize,
     },
     DeletePod {
-        ns: usize,
-        name: usize,
+        pod: usize,
     },
     CreateNad {
         nad: usize,
@@ -67,92 +143,168 @@ enum Step {
     DeleteNad {
         nad: usize,
     },
-    Deliver {
+    /// Another client edits the finalizer list (our index shifts).
+    ForeignWrite {
+        nad: usize,
+    },
+    DeliverPods {
+        events: usize,
+    },
+    DeliverNads {
         events: usize,
     },
     Restart,
+    /// Reconcile what the cache holds for this NAD; optionally a pod naming
+    /// it is created while the live LIST pages (and seen by the watch), or
+    /// the continue token expires.
     Reconcile {
         nad: usize,
-        conflict: bool,
+        pod_during_list: Option<usize>,
+        expire_continue: bool,
     },
+    ReconcileTouched,
 }
+
+const PODS: usize = 4;
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..2usize, 0..3usize, 0..ANNOTATIONS.len(), any::<bool>()).prop_map(
-            |(ns, name, annotation, default_net)| Step::CreatePod {
-                ns,
-                name,
-                annotation,
-                default_net
-            }
-        ),
-        (0..2usize, 0..3usize, 0..ANNOTATIONS.len()).prop_map(|(ns, name, annotation)| {
-            Step::UpdatePod {
-                ns,
-                name,
-                annotation,
-            }
-        }),
-        (0..2usize, 0..3usize).prop_map(|(ns, name)| Step::TerminatePod { ns, name }),
-        (0..2usize, 0..3usize).prop_map(|(ns, name)| Step::DeletePod { ns, name }),
-        (0..NADS.len(), any::<bool>()).prop_map(|(nad, other_finalizer)| Step::CreateNad {
-            nad,
-            other_finalizer
-        }),
-        (0..NADS.len()).prop_map(|nad| Step::DeleteNad { nad }),
-        (1..4usize).prop_map(|events| Step::Deliver { events }),
-        Just(Step::Restart),
-        (0..NADS.len(), prop::bool::weighted(0.3))
-            .prop_map(|(nad, conflict)| Step::Reconcile { nad, conflict }),
+        1 => (0..PODS, annotation(), prop::bool::weighted(0.2))
+            .prop_map(|(pod, annotation, default_net)| Step::CreatePod { pod, annotation, default_net }),
+        1 => (0..PODS, annotation()).prop_map(|(pod, annotation)| Step::UpdatePod { pod, annotation }),
+        1 => (0..PODS).prop_map(|pod| Step::MultusAttach { pod }),
+        1 => (0..PODS).prop_map(|pod| Step::TerminatePod { pod }),
+        1 => (0..PODS).prop_map(|pod| Step::DeletePod { pod }),
+        1 => (0..NADS.len(), prop::bool::weighted(0.3))
+            .prop_map(|(nad, other_finalizer)| Step::CreateNad { nad, other_finalizer }),
+        2 => (0..NADS.len()).prop_map(|nad| Step::DeleteNad { nad }),
+        1 => (0..NADS.len()).prop_map(|nad| Step::ForeignWrite { nad }),
+        2 => (1..4usize).prop_map(|events| Step::DeliverPods { events }),
+        1 => (1..4usize).prop_map(|events| Step::DeliverNads { events }),
+        1 => Just(Step::Restart),
+        3 => (0..NADS.len(), prop::option::weighted(0.3, 0..PODS), prop::bool::weighted(0.15))
+            .prop_map(|(nad, pod_during_list, expire_continue)| Step::Reconcile { nad, pod_during_list, expire_continue }),
+        2 => Just(Step::ReconcileTouched),
     ]
 }
 
-/// The API server: pods as JSON, NADs as JSON metadata documents.
+fn pod_key(i: usize) -> ObjectKey {
+    ObjectKey::new(
+        if i.is_multiple_of(2) { "ns1" } else { "ns2" },
+        format!("p{i}"),
+    )
+}
+
+fn nad_key(i: usize) -> ObjectKey {
+    ObjectKey::new(NADS[i].0, NADS[i].1)
+}
+
+/// The oracle's answer: the NADs a pod holds, by Multus' rules: what Multus
+/// attaches from its annotations now, plus what it reported attached.
+fn oracle_uses(pod: &Value) -> BTreeSet<ObjectKey> {
+    if matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    ) {
+        return BTreeSet::new();
+    }
+    let a = &pod["metadata"]["annotations"];
+    let ns = pod["metadata"]["namespace"].as_str().unwrap();
+    let mut out: BTreeSet<ObjectKey> = oracle::multus_attaches(
+        a["k8s.v1.cni.cncf.io/networks"].as_str(),
+        a["v1.multus-cni.io/default-network"].as_str(),
+        ns,
+        MULTUS_NS,
+    )
+    .unwrap_or_default()
+    .into_iter()
+    .map(|(ns, name)| ObjectKey::new(ns, name))
+    .collect();
+    if let Some(status) = a["k8s.v1.cni.cncf.io/network-status"].as_str() {
+        let entries: Vec<Value> = serde_json::from_str(status).unwrap();
+        for e in entries {
+            let (ns, name) = e["name"].as_str().unwrap().split_once('/').unwrap();
+            out.insert(ObjectKey::new(ns, name));
+        }
+    }
+    out
+}
+
+/// The API server's state, shared with the HTTP handler.
 #[derive(Default)]
-struct Api {
+struct ApiState {
     pods: BTreeMap<ObjectKey, Value>,
     nads: BTreeMap<ObjectKey, Value>,
     rv: u64,
     next_uid: u64,
-    /// NADs created with another controller's finalizer.
-    others: BTreeMap<String, ()>,
+    /// uids of NADs created with another controller's finalizer.
+    others: BTreeSet<String>,
+    /// Consistent LIST snapshots by continue token.
+    snapshots: BTreeMap<String, Vec<Value>>,
+    expire_next_continue: bool,
+    /// A pod to create right after the next LIST's first page.
+    pod_during_list: Option<Value>,
+    /// Watch events not yet delivered to the controller's caches.
+    pod_events: VecDeque<watcher::Event<PodView>>,
+    nad_events: VecDeque<watcher::Event<NadMeta>>,
+    /// Where the watch delivers at once (the pod created during a LIST).
+    index: Option<Arc<std::sync::RwLock<nadc::index::PodIndex>>>,
+    touched: BTreeSet<ObjectKey>,
 }
 
-impl Api {
+fn view(pod: &Value) -> PodView {
+    PodView::new(
+        serde_json::from_value::<PodLite>(pod.clone()).unwrap(),
+        MULTUS_NS,
+    )
+}
+
+fn nad_meta(doc: &Value) -> NadMeta {
+    serde_json::from_value(json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": doc["metadata"]})).unwrap()
+}
+
+impl ApiState {
     fn bump(&mut self) -> String {
         self.rv += 1;
         self.rv.to_string()
     }
 
-    fn view(pod: &Value) -> PodView {
-        PodView::new(
-            serde_json::from_value::<PodLite>(pod.clone()).unwrap(),
-            "kube-system",
-        )
+    fn put_pod(&mut self, pod: Value) {
+        let key = pod_key_of(&pod);
+        self.pod_events.push_back(watcher::Event::Apply(view(&pod)));
+        self.pods.insert(key, pod);
     }
 
-    fn live_users(&self, nad: &ObjectKey) -> Vec<ObjectKey> {
-        self.pods
-            .values()
-            .map(Api::view)
-            .filter(|p| pod_uses(p, nad))
-            .map(|p| p.key)
-            .collect()
+    fn put_nad(&mut self, key: &ObjectKey, doc: Value) {
+        self.nad_events
+            .push_back(watcher::Event::Apply(nad_meta(&doc)));
+        self.nads.insert(key.clone(), doc);
     }
 
-    /// A JSON patch on a NAD, as the API server applies it: atomically, or
-    /// not at all (a failed `test` is a 422). Removal when deleting and the
-    /// finalizers are gone; no finalizer may be added while deleting.
-    fn patch_nad(
-        &mut self,
-        key: &ObjectKey,
-        patch: &json_patch::Patch,
-    ) -> Result<(), &'static str> {
-        let current = self.nads.get(key).ok_or("404")?.clone();
+    /// The invariant's check point: a NAD leaving the API.
+    fn remove_nad(&mut self, key: &ObjectKey) {
+        let users: Vec<&ObjectKey> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| oracle_uses(p).contains(key))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            users.is_empty(),
+            "NAD {key} removed while {users:?} use it (by Multus' rules)"
+        );
+        if let Some(doc) = self.nads.remove(key) {
+            self.nad_events
+                .push_back(watcher::Event::Delete(nad_meta(&doc)));
+        }
+    }
+
+    /// A JSON patch, as the API server applies it: atomically or not at all.
+    fn patch_nad(&mut self, key: &ObjectKey, patch: json_patch::Patch) -> Result<Value, u16> {
+        let current = self.nads.get(key).ok_or(404u16)?.clone();
         let mut doc = current.clone();
-        json_patch::patch(&mut doc, patch).map_err(|_| "422 test failed")?;
-        let finalizers = |v: &Value| {
+        json_patch::patch(&mut doc, &patch).map_err(|_| 422u16)?;
+        let finalizers = |v: &Value| -> Vec<Value> {
             v["metadata"]["finalizers"]
                 .as_array()
                 .cloned()
@@ -164,193 +316,388 @@ impl Api {
                 .iter()
                 .any(|f| !finalizers(&current).contains(f))
         {
-            return Err("422 no new finalizers can be added if the object is being deleted");
+            return Err(422); // no new finalizers on an object being deleted
         }
+        let ours = |v: &Value| finalizers(v).iter().any(|f| f == FINALIZER);
+        assert!(
+            deleting || !ours(&current) || ours(&doc),
+            "our finalizer was removed from {key}, which is not being deleted"
+        );
         let rv = self.bump();
         doc["metadata"]["resourceVersion"] = json!(rv);
         if deleting && finalizers(&doc).is_empty() {
             self.remove_nad(key);
         } else {
-            self.nads.insert(key.clone(), doc);
+            self.put_nad(key, doc.clone());
         }
-        Ok(())
+        Ok(doc)
     }
 
-    /// The invariant's check point: a NAD leaving the API while in use.
-    fn remove_nad(&mut self, key: &ObjectKey) {
-        let users = self.live_users(key);
-        assert!(users.is_empty(), "NAD {key} removed while {users:?} use it");
-        self.nads.remove(key);
+    fn list_pods(&mut self, query: &BTreeMap<String, String>) -> Result<Value, u16> {
+        let limit: usize = query
+            .get("limit")
+            .map_or(usize::MAX, |l| l.parse().unwrap());
+        let (token, items) = match query.get("continue") {
+            Some(token) => {
+                if std::mem::take(&mut self.expire_next_continue) {
+                    self.snapshots.remove(token);
+                    return Err(410);
+                }
+                (token.clone(), self.snapshots.remove(token).ok_or(410u16)?)
+            }
+            None => {
+                let snapshot: Vec<Value> = self.pods.values().cloned().collect();
+                (format!("t{}", self.bump()), snapshot)
+            }
+        };
+        if query.get("continue").is_none()
+            && let Some(pod) = self.pod_during_list.take()
+        {
+            // created after the snapshot; the watch is quick and delivers it
+            let index = self.index.clone().unwrap();
+            let changes = index
+                .write()
+                .unwrap()
+                .apply_watcher_event(watcher::Event::Apply(view(&pod)));
+            for c in changes {
+                self.touched.extend(c.touched_nads());
+            }
+            self.pods.insert(pod_key_of(&pod), pod);
+        }
+        let (page, rest) = items.split_at(limit.min(items.len()));
+        let mut meta = json!({"resourceVersion": self.rv.to_string()});
+        if !rest.is_empty() {
+            meta["continue"] = json!(token);
+            self.snapshots.insert(token, rest.to_vec());
+        }
+        Ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": meta, "items": page}))
+    }
+
+    fn handle(&mut self, method: &Method, path: &str, query: &str, body: &[u8]) -> (u16, Value) {
+        let query: BTreeMap<String, String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.replace("%2F", "/")))
+            .collect();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let status = |code: u16| json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "model", "message": "model"});
+        let meta_of = |doc: &Value| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": doc["metadata"]});
+        match (method, parts.as_slice()) {
+            (&Method::GET, ["api", "v1", "pods"]) => match self.list_pods(&query) {
+                Ok(list) => (200, list),
+                Err(code) => (code, status(code)),
+            },
+            (
+                m,
+                [
+                    "apis",
+                    "k8s.cni.cncf.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "network-attachment-definitions",
+                    name,
+                ],
+            ) => {
+                let key = ObjectKey::new(*ns, *name);
+                match *m {
+                    Method::GET => match self.nads.get(&key) {
+                        Some(doc) => (200, meta_of(doc)),
+                        None => (404, status(404)),
+                    },
+                    Method::PATCH => {
+                        let patch: json_patch::Patch = serde_json::from_slice(body).unwrap();
+                        match self.patch_nad(&key, patch) {
+                            Ok(doc) => (200, meta_of(&doc)),
+                            Err(code) => (code, status(code)),
+                        }
+                    }
+                    _ => panic!("unexpected {m} {path}"),
+                }
+            }
+            (&Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"])
+            | (&Method::PATCH, ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => {
+                (201, serde_json::from_slice(body).unwrap())
+            }
+            _ => panic!("the protection controller sent an unexpected {method} {path}"),
+        }
     }
 }
 
-/// The controller's volatile state: the pod index fed by a lagging watch.
+fn pod_key_of(pod: &Value) -> ObjectKey {
+    ObjectKey::new(
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap(),
+    )
+}
+
+/// A kube Client whose every request the model answers.
+fn client(state: Arc<Mutex<ApiState>>) -> kube::Client {
+    let service = tower::service_fn(move |req: Request<Body>| {
+        let state = state.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let (code, out) = state.lock().unwrap().handle(
+                &parts.method,
+                parts.uri.path(),
+                parts.uri.query().unwrap_or_default(),
+                &bytes,
+            );
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&out).unwrap()))
+                    .unwrap(),
+            )
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+/// The controller's volatile state: its caches, rebuilt on restart.
 struct Controller {
-    index: PodIndex,
-    pending: VecDeque<Event<PodView>>,
+    ctx: Arc<Context>,
+    nad_writer: Writer<NadMeta>,
 }
 
 impl Controller {
-    fn started(api: &Api) -> Self {
-        let mut index = PodIndex::new();
-        index.apply_watcher_event(Event::Init);
-        for p in api.pods.values() {
-            index.apply_watcher_event(Event::InitApply(Api::view(p)));
+    fn started(state: &Arc<Mutex<ApiState>>) -> Self {
+        let settings = Settings {
+            list_page_size: 2,
+            ..Settings::default()
+        };
+        let (shared, synced) = Shared::new(
+            client(state.clone()),
+            Arc::new(Metrics::default()),
+            settings,
+            None,
+        );
+        let (reader, mut nad_writer) = reflector::store();
+        {
+            let mut api = state.lock().unwrap();
+            api.pod_events.clear();
+            api.nad_events.clear();
+            let mut index = shared.pods.write().unwrap();
+            index.apply_watcher_event(watcher::Event::Init);
+            for p in api.pods.values() {
+                index.apply_watcher_event(watcher::Event::InitApply(view(p)));
+            }
+            index.apply_watcher_event(watcher::Event::InitDone);
+            nad_writer.apply_watcher_event(&watcher::Event::Init);
+            for d in api.nads.values() {
+                nad_writer.apply_watcher_event(&watcher::Event::InitApply(nad_meta(d)));
+            }
+            nad_writer.apply_watcher_event(&watcher::Event::InitDone);
+            api.index = Some(shared.pods.clone());
         }
-        index.apply_watcher_event(Event::InitDone);
+        synced.send(true).unwrap();
+        std::mem::forget(synced);
         Controller {
-            index,
-            pending: VecDeque::new(),
+            ctx: Arc::new(Context::new(shared, reader)),
+            nad_writer,
         }
     }
 
-    /// One protection reconcile, as `protection::controller::reconcile` runs it.
-    fn reconcile(&mut self, api: &mut Api, key: &ObjectKey, conflict: bool) {
-        let Some(doc) = api.nads.get(key) else { return };
-        let meta = serde_json::from_value(doc["metadata"].clone()).unwrap();
-        let state = NadState::from_meta(&meta);
-        match decide(&state, &self.index.users(key)) {
-            Decision::AddFinalizer => {
-                if conflict {
-                    api.bump(); // someone else wrote first: our resourceVersion test fails
-                    let rv = api.rv.to_string();
-                    api.nads.get_mut(key).unwrap()["metadata"]["resourceVersion"] = json!(rv);
-                }
-                let _ = api.patch_nad(key, &add_finalizer_patch(&state));
-            }
-            Decision::ConfirmRelease => {
-                if !api.live_users(key).is_empty() {
-                    return; // the cache lagged; blocked for now
-                }
-                let mut finalizers = state.finalizers.clone();
-                if conflict {
-                    // our cached list is outdated: an entry shifted in front of ours
-                    finalizers.insert(0, "stale.example.com/gone".into());
-                }
-                if let Some(patch) = remove_finalizer_patch(&finalizers)
-                    && api.patch_nad(key, &patch).is_err()
-                {
-                    // re-read and retry from the server's state, as the controller does
-                    let Some(fresh) = api.nads.get(key) else {
-                        return;
-                    };
-                    let fresh: Vec<String> =
-                        serde_json::from_value(fresh["metadata"]["finalizers"].clone())
-                            .unwrap_or_default();
-                    if let Some(patch) = remove_finalizer_patch(&fresh) {
-                        api.patch_nad(key, &patch).unwrap();
-                    }
-                }
-            }
-            Decision::Protected | Decision::Unprotected | Decision::Blocked { .. } => {}
+    async fn reconcile(&self, key: &ObjectKey) {
+        let cached = self
+            .ctx
+            .nads
+            .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
+        if let Some(nad) = cached {
+            // Errors go to the error policy and a later retry: nothing to check here.
+            let _ = reconcile(nad, self.ctx.clone()).await;
         }
     }
 }
 
-fn pod_key(ns: usize, name: usize) -> ObjectKey {
-    ObjectKey::new(format!("ns{}", ns + 1), format!("p{name}"))
-}
-
-fn nad_key(i: usize) -> ObjectKey {
-    ObjectKey::new(NADS[i].0, NADS[i].1)
-}
-
-fn run(steps: Vec<Step>) {
-    let mut api = Api::default();
-    let mut ctl = Controller::started(&api);
+async fn run(steps: Vec<Step>) {
+    let state = Arc::new(Mutex::new(ApiState::default()));
+    let mut ctl = Controller::started(&state);
     for step in steps {
         match step {
             Step::CreatePod {
-                ns,
-                name,
+                pod,
                 annotation,
                 default_net,
             } => {
-                let key = pod_key(ns, name);
+                let mut api = state.lock().unwrap();
+                let key = pod_key(pod);
                 if api.pods.contains_key(&key) {
                     continue;
                 }
-                let mut annotations =
-                    json!({"k8s.v1.cni.cncf.io/networks": ANNOTATIONS[annotation]});
+                let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": annotation});
                 if default_net {
                     annotations["v1.multus-cni.io/default-network"] = json!("ns1/net-c");
                 }
-                let pod = json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": format!("u{}", api.bump()), "annotations": annotations},
-                                 "status": {"phase": "Pending"}});
-                ctl.pending.push_back(Event::Apply(Api::view(&pod)));
-                api.pods.insert(key, pod);
+                let uid = format!("pod-{}", api.bump());
+                api.put_pod(json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": uid, "annotations": annotations}, "status": {"phase": "Pending"}}));
             }
-            Step::UpdatePod {
-                ns,
-                name,
-                annotation,
-            } => {
-                let key = pod_key(ns, name);
-                let Some(pod) = api.pods.get_mut(&key) else {
+            Step::UpdatePod { pod, annotation } => {
+                let mut api = state.lock().unwrap();
+                let Some(mut doc) = api.pods.get(&pod_key(pod)).cloned() else {
                     continue;
                 };
-                if pod["status"]["phase"] == "Succeeded" {
+                if doc["status"]["phase"] == "Succeeded" {
                     continue;
                 }
-                pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] =
-                    json!(ANNOTATIONS[annotation]);
-                ctl.pending.push_back(Event::Apply(Api::view(pod)));
+                doc["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = json!(annotation);
+                api.put_pod(doc);
             }
-            Step::TerminatePod { ns, name } => {
-                let Some(pod) = api.pods.get_mut(&pod_key(ns, name)) else {
+            Step::MultusAttach { pod } => {
+                let mut api = state.lock().unwrap();
+                let Some(mut doc) = api.pods.get(&pod_key(pod)).cloned() else {
                     continue;
                 };
-                pod["status"]["phase"] = json!("Succeeded");
-                ctl.pending.push_back(Event::Apply(Api::view(pod)));
+                // Multus attaches only NADs that exist (it GETs each).
+                let attached: Vec<Value> = oracle_uses(&doc)
+                    .into_iter()
+                    .filter(|k| api.nads.contains_key(k))
+                    .map(|k| json!({"name": k.to_string(), "interface": "net1", "ips": ["192.168.1.1"]}))
+                    .collect();
+                if attached.is_empty() || doc["status"]["phase"] == "Succeeded" {
+                    continue;
+                }
+                doc["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"] =
+                    json!(serde_json::to_string(&attached).unwrap());
+                api.put_pod(doc);
             }
-            Step::DeletePod { ns, name } => {
-                if let Some(pod) = api.pods.remove(&pod_key(ns, name)) {
-                    ctl.pending.push_back(Event::Delete(Api::view(&pod)));
+            Step::TerminatePod { pod } => {
+                let mut api = state.lock().unwrap();
+                let Some(mut doc) = api.pods.get(&pod_key(pod)).cloned() else {
+                    continue;
+                };
+                doc["status"]["phase"] = json!("Succeeded");
+                api.put_pod(doc);
+            }
+            Step::DeletePod { pod } => {
+                let mut api = state.lock().unwrap();
+                if let Some(doc) = api.pods.remove(&pod_key(pod)) {
+                    api.pod_events.push_back(watcher::Event::Delete(view(&doc)));
                 }
             }
             Step::CreateNad {
                 nad,
                 other_finalizer,
             } => {
+                let mut api = state.lock().unwrap();
                 let key = nad_key(nad);
                 if api.nads.contains_key(&key) {
                     continue;
                 }
                 let uid = format!("nad-{}", api.next_uid);
                 api.next_uid += 1;
-                let finalizers: Vec<&str> = if other_finalizer { vec![OTHER] } else { vec![] };
                 if other_finalizer {
-                    api.others.insert(uid.clone(), ());
+                    api.others.insert(uid.clone());
                 }
+                let finalizers: Vec<&str> = if other_finalizer { vec![OTHER] } else { vec![] };
                 let rv = api.bump();
-                api.nads.insert(key.clone(), json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": uid, "resourceVersion": rv, "finalizers": finalizers}}));
+                api.put_nad(&key, json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": uid, "resourceVersion": rv, "finalizers": finalizers}}));
             }
             Step::DeleteNad { nad } => {
+                let mut api = state.lock().unwrap();
                 let key = nad_key(nad);
-                let Some(doc) = api.nads.get_mut(&key) else {
+                let Some(mut doc) = api.nads.get(&key).cloned() else {
                     continue;
                 };
-                if doc["metadata"]["finalizers"]
+                let held = doc["metadata"]["finalizers"]
                     .as_array()
-                    .is_none_or(|f| f.is_empty())
-                {
-                    // nothing holds it: gone at once (the controller never saw it, or had not added ours yet)
+                    .is_some_and(|f| !f.is_empty());
+                if !held {
+                    // Nothing holds it: gone at once. Not the operator's doing
+                    // (it never protected it), so not the invariant's business.
                     api.nads.remove(&key);
-                } else {
-                    doc["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+                    api.nad_events
+                        .push_back(watcher::Event::Delete(nad_meta(&doc)));
+                } else if doc["metadata"]["deletionTimestamp"].is_null() {
+                    doc["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+                    let rv = api.bump();
+                    doc["metadata"]["resourceVersion"] = json!(rv);
+                    api.put_nad(&key, doc);
                 }
             }
-            Step::Deliver { events } => {
+            Step::ForeignWrite { nad } => {
+                let mut api = state.lock().unwrap();
+                let key = nad_key(nad);
+                let Some(mut doc) = api.nads.get(&key).cloned() else {
+                    continue;
+                };
+                let uid = doc["metadata"]["uid"].as_str().unwrap().to_string();
+                if doc["metadata"]["deletionTimestamp"].is_string() || api.others.contains(&uid) {
+                    continue;
+                }
+                // another controller adds its finalizer in front of ours
+                let mut f = doc["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                f.insert(0, json!(OTHER));
+                doc["metadata"]["finalizers"] = json!(f);
+                let rv = api.bump();
+                doc["metadata"]["resourceVersion"] = json!(rv);
+                api.others.insert(uid);
+                api.put_nad(&key, doc);
+            }
+            Step::DeliverPods { events } => {
+                let mut api = state.lock().unwrap();
                 for _ in 0..events {
-                    if let Some(e) = ctl.pending.pop_front() {
-                        ctl.index.apply_watcher_event(e);
+                    let Some(e) = api.pod_events.pop_front() else {
+                        break;
+                    };
+                    let changes = ctl.ctx.shared.pods.write().unwrap().apply_watcher_event(e);
+                    for c in changes {
+                        api.touched.extend(c.touched_nads());
                     }
                 }
             }
-            Step::Restart => ctl = Controller::started(&api),
-            Step::Reconcile { nad, conflict } => ctl.reconcile(&mut api, &nad_key(nad), conflict),
+            Step::DeliverNads { events } => {
+                let mut api = state.lock().unwrap();
+                for _ in 0..events {
+                    let Some(e) = api.nad_events.pop_front() else {
+                        break;
+                    };
+                    ctl.nad_writer.apply_watcher_event(&e);
+                }
+            }
+            Step::Restart => ctl = Controller::started(&state),
+            Step::Reconcile {
+                nad,
+                pod_during_list,
+                expire_continue,
+            } => {
+                {
+                    let mut api = state.lock().unwrap();
+                    api.expire_next_continue = expire_continue;
+                    if let Some(p) = pod_during_list {
+                        let key = pod_key(p);
+                        let n = nad_key(nad);
+                        if !api.pods.contains_key(&key) {
+                            let annotation = if key.namespace == n.namespace {
+                                n.name.clone()
+                            } else {
+                                n.to_string()
+                            };
+                            api.pod_during_list = Some(
+                                json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": format!("late-{p}"), "annotations": {"k8s.v1.cni.cncf.io/networks": annotation}}, "status": {"phase": "Pending"}}),
+                            );
+                        }
+                    }
+                }
+                ctl.reconcile(&nad_key(nad)).await;
+                let mut api = state.lock().unwrap();
+                api.pod_during_list = None;
+                api.expire_next_continue = false;
+            }
+            Step::ReconcileTouched => {
+                let touched = std::mem::take(&mut state.lock().unwrap().touched);
+                for key in touched {
+                    ctl.reconcile(&key).await;
+                }
+            }
         }
         // Other controllers' finalizers are never touched.
+        let api = state.lock().unwrap();
         for doc in api.nads.values() {
             let uid = doc["metadata"]["uid"].as_str().unwrap();
             let has_other = doc["metadata"]["finalizers"]
@@ -358,33 +705,53 @@ fn run(steps: Vec<Step>) {
                 .is_some_and(|f| f.iter().any(|f| f == OTHER));
             assert_eq!(
                 has_other,
-                api.others.contains_key(uid),
+                api.others.contains(uid),
                 "{OTHER} was touched on {uid}"
             );
         }
     }
 
-    // Liveness: once the watch catches up and the NADs are reconciled, every
-    // NAD is protected, and a deleting NAD nobody uses is gone (unless
-    // another controller's finalizer still holds it).
-    while let Some(e) = ctl.pending.pop_front() {
-        ctl.index.apply_watcher_event(e);
-    }
-    for _ in 0..2 {
-        for i in 0..NADS.len() {
-            ctl.reconcile(&mut api, &nad_key(i), false);
+    // Liveness: once the watches catch up and every NAD is reconciled, every
+    // NAD not being deleted is protected, and a deleting NAD that no
+    // non-terminal pod so much as mentions is gone (unless another
+    // controller's finalizer holds it).
+    {
+        let mut api = state.lock().unwrap();
+        while let Some(e) = api.pod_events.pop_front() {
+            ctl.ctx.shared.pods.write().unwrap().apply_watcher_event(e);
+        }
+        while let Some(e) = api.nad_events.pop_front() {
+            ctl.nad_writer.apply_watcher_event(&e);
         }
     }
+    for _ in 0..3 {
+        for i in 0..NADS.len() {
+            ctl.reconcile(&nad_key(i)).await;
+        }
+        let mut api = state.lock().unwrap();
+        while let Some(e) = api.nad_events.pop_front() {
+            ctl.nad_writer.apply_watcher_event(&e);
+        }
+    }
+    let api = state.lock().unwrap();
     for (key, doc) in &api.nads {
         let finalizers: Vec<String> =
             serde_json::from_value(doc["metadata"]["finalizers"].clone()).unwrap_or_default();
-        let deleting = doc["metadata"]["deletionTimestamp"].is_string();
-        if !deleting {
+        if doc["metadata"]["deletionTimestamp"].is_null() {
             assert!(
                 finalizers.iter().any(|f| f == FINALIZER),
                 "{key} is not protected"
             );
-        } else if api.live_users(key).is_empty() {
+            continue;
+        }
+        let mentioned = api.pods.values().any(|p| {
+            !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                && p["metadata"]["annotations"].as_object().is_some_and(|a| {
+                    a.values()
+                        .any(|v| v.as_str().is_some_and(|v| v.contains(key.name.as_str())))
+                })
+        });
+        if !mentioned {
             assert!(
                 !finalizers.iter().any(|f| f == FINALIZER),
                 "{key} is unused but still held"
@@ -393,52 +760,178 @@ fn run(steps: Vec<Step>) {
     }
 }
 
+fn block_on(steps: Vec<Step>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(run(steps));
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn no_nad_in_use_is_ever_removed(steps in prop::collection::vec(step(), 1..60)) {
-        run(steps);
+    fn no_nad_multus_attaches_is_ever_released(steps in prop::collection::vec(step(), 1..50)) {
+        block_on(steps);
+    }
+
+    /// Differential: where Multus attaches networks, the operator's parser
+    /// reads exactly those NADs (the oracle shares no code with it).
+    #[test]
+    fn the_parser_reads_what_multus_attaches(value in annotation()) {
+        if let Ok(want) = oracle::multus_attaches(Some(&value), None, "p", MULTUS_NS) {
+            let got = parse_networks(&value, "p")
+                .unwrap_or_else(|e| panic!("Multus attaches {want:?} from {value:?}, we refuse it: {e}"));
+            let got: BTreeSet<(String, String)> = got.into_iter().map(|s| (s.namespace, s.name)).collect();
+            prop_assert_eq!(got, want, "value {:?}", value);
+        }
+    }
+}
+
+/// The issue's table: annotations Multus accepts, each holding its NAD.
+#[test]
+fn multus_valid_edge_cases_hold_their_nads() {
+    for (value, ns, name) in [
+        ("sriov-net@net_1", "p", "sriov-net"),
+        ("macvlan-conf@eth0.100", "p", "macvlan-conf"),
+        ("br-a@Net1", "p", "br-a"),
+        ("first-net, second-net@net.2_b", "p", "second-net"),
+        (
+            r#"[{"Name":"capnet","Namespace":"other"}]"#,
+            "other",
+            "capnet",
+        ),
+    ] {
+        let want = (ns.to_string(), name.to_string());
+        assert!(
+            oracle::multus_attaches(Some(value), None, "p", MULTUS_NS)
+                .unwrap()
+                .contains(&want)
+        );
+        let pod = json!({"metadata": {"name": "x", "namespace": "p", "annotations": {"k8s.v1.cni.cncf.io/networks": value}}, "status": {"phase": "Running"}});
+        assert!(
+            view(&pod).nads.contains(&ObjectKey::new(ns, name)),
+            "{value}"
+        );
     }
 }
 
 /// The seed's second scenario as a fixed sequence.
 #[test]
 fn the_seed_scenario() {
-    run(vec![
+    let reconcile = |nad| Step::Reconcile {
+        nad,
+        pod_during_list: None,
+        expire_continue: false,
+    };
+    block_on(vec![
         Step::CreateNad {
             nad: 0,
             other_finalizer: false,
         },
-        Step::Reconcile {
-            nad: 0,
-            conflict: false,
-        },
+        Step::DeliverNads { events: 1 },
+        reconcile(0),
         Step::CreatePod {
-            ns: 0,
-            name: 0,
-            annotation: 1,
+            pod: 0,
+            annotation: "net-a, net-a".into(),
             default_net: false,
         },
         Step::DeleteNad { nad: 0 },
-        Step::Reconcile {
+        Step::DeliverNads { events: 2 },
+        reconcile(0),
+        Step::DeliverPods { events: 1 },
+        reconcile(0),
+        Step::DeletePod { pod: 0 },
+        Step::DeliverPods { events: 1 },
+        reconcile(0),
+    ]);
+}
+
+/// A pod naming a deleting NAD is created after the live LIST's snapshot but
+/// reaches the watch before the patch: the NAD must stay.
+#[test]
+fn a_pod_created_during_the_live_list_holds_the_nad() {
+    let reconcile = |nad| Step::Reconcile {
+        nad,
+        pod_during_list: None,
+        expire_continue: false,
+    };
+    block_on(vec![
+        Step::CreateNad {
             nad: 0,
-            conflict: false,
+            other_finalizer: false,
         },
-        Step::Deliver { events: 1 },
+        Step::DeliverNads { events: 1 },
+        reconcile(0),
+        Step::DeleteNad { nad: 0 },
+        Step::DeliverNads { events: 2 },
         Step::Reconcile {
             nad: 0,
-            conflict: false,
-        },
-        Step::DeletePod { ns: 0, name: 0 },
-        Step::Reconcile {
-            nad: 0,
-            conflict: true,
-        },
-        Step::Deliver { events: 1 },
-        Step::Reconcile {
-            nad: 0,
-            conflict: true,
+            pod_during_list: Some(0),
+            expire_continue: false,
         },
     ]);
+}
+
+/// What Multus reported attached holds the NAD even after the pod's request
+/// annotation names something else.
+#[test]
+fn network_status_holds_a_nad_the_annotation_no_longer_names() {
+    let reconcile = |nad| Step::Reconcile {
+        nad,
+        pod_during_list: None,
+        expire_continue: false,
+    };
+    block_on(vec![
+        Step::CreateNad {
+            nad: 0,
+            other_finalizer: false,
+        },
+        Step::DeliverNads { events: 1 },
+        reconcile(0),
+        Step::CreatePod {
+            pod: 0,
+            annotation: "net-a".into(),
+            default_net: false,
+        },
+        Step::MultusAttach { pod: 0 },
+        Step::UpdatePod {
+            pod: 0,
+            annotation: "net-c".into(),
+        },
+        Step::DeliverPods { events: 3 },
+        Step::DeleteNad { nad: 0 },
+        Step::DeliverNads { events: 2 },
+        reconcile(0),
+    ]);
+}
+
+/// A NAD deleted and re-created under the same name (and protected by
+/// another replica) while this controller's cache still holds the old,
+/// deleting one: the release patch names the old uid and must not strip the
+/// new NAD. `patch_nad` asserts that our finalizer never leaves a NAD that
+/// is not being deleted.
+#[test]
+fn a_recreated_nad_is_never_stripped_from_a_stale_cache() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(async {
+            let state = Arc::new(Mutex::new(ApiState::default()));
+            let key = nad_key(0);
+            state.lock().unwrap().nads.insert(key.clone(), json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": "nad-old", "resourceVersion": "1", "finalizers": [FINALIZER], "deletionTimestamp": "2026-11-27T10:00:00Z"}}));
+            let ctl = Controller::started(&state);
+            {
+                let mut api = state.lock().unwrap();
+                api.nads.insert(key.clone(), json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": "nad-new", "resourceVersion": "5", "finalizers": [FINALIZER]}}));
+            }
+            ctl.reconcile(&key).await;
+            let api = state.lock().unwrap();
+            assert_eq!(api.nads[&key]["metadata"]["uid"], "nad-new");
+            assert_eq!(api.nads[&key]["metadata"]["finalizers"], json!([FINALIZER]));
+        });
 }

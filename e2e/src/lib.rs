@@ -317,9 +317,10 @@ impl TestNs {
         let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns);
         if let Ok(list) = nads.list_metadata(&ListParams::default()).await {
             for nad in list.items {
-                if let Some(patch) =
-                    nadc::protection::decide::remove_finalizer_patch(nad.finalizers())
-                {
+                if let Some(patch) = nadc::protection::decide::remove_finalizer_patch(
+                    nad.uid().as_deref(),
+                    nad.finalizers(),
+                ) {
                     let _ = nads
                         .patch_metadata(
                             &nad.name_any(),

@@ -96,7 +96,18 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         }
         Decision::ConfirmRelease => {
             let live = live_users(&ctx.shared, &state.key).await?;
-            if live.is_empty() {
+            // A pod the watch delivered while the LIST was paging is in the
+            // index by now: look once more, right before the patch.
+            let cached_now = ctx
+                .shared
+                .pods
+                .read()
+                .expect("pod index lock")
+                .users(&state.key);
+            if !cached_now.is_empty() {
+                report_blocked(&ctx, &nad, &cached_now).await;
+                Action::requeue(BLOCKED_RECHECK)
+            } else if live.is_empty() {
                 release(&ctx, &nad, &state).await?;
                 Action::await_change()
             } else {
@@ -198,10 +209,11 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
     let api: Api<NetworkAttachmentDefinition> =
         Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
     let name = cached.key.name.as_str();
+    let uid = nad.metadata.uid.as_deref();
     let remove = |finalizers: Vec<String>| {
         let api = api.clone();
         async move {
-            let Some(patch) = decide::remove_finalizer_patch(&finalizers) else {
+            let Some(patch) = decide::remove_finalizer_patch(uid, &finalizers) else {
                 return Ok(false);
             };
             api.patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
@@ -267,7 +279,7 @@ async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     if changed {
         info!(users = users.len(), "deletion blocked");
         ctx.shared
-            .publish(
+            .publish_state_change(
                 Event {
                     type_: EventType::Warning,
                     reason: names::reasons::DELETION_BLOCKED.into(),
@@ -435,6 +447,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_of_users_while_blocked_is_a_new_event_naming_the_current_pods() {
+        let (ctx, mut api) = context(&[demo_pod("Pending")]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let first = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        let event = api.expect_event("default").await;
+        assert!(event["note"].as_str().unwrap().contains("default/demo"));
+        first.await.unwrap().unwrap();
+
+        // demo goes, another pod starts using the network
+        {
+            let mut pods = ctx.shared.pods.write().unwrap();
+            pods.remove(&ObjectKey::new("default", "demo"));
+            let mut other = demo_pod("Running");
+            other["metadata"]["name"] = json!("other");
+            pods.upsert(pod_view(other));
+        }
+        let second = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        // a create (POST), not a patch of the first Event's series: the
+        // Recorder would keep the first note there
+        let event = api.expect_event("default").await;
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("default/other") && !note.contains("default/demo"),
+            "{note}"
+        );
+        assert!(event["series"].is_null(), "{event}");
+        second.await.unwrap().unwrap();
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_pod_the_watch_delivers_during_the_live_list_still_blocks() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        let list = api.expect(Method::GET, PODS_PATH).await;
+        // created after the LIST's snapshot, seen by the watch meanwhile
+        ctx.shared
+            .pods
+            .write()
+            .unwrap()
+            .upsert(pod_view(demo_pod("Pending")));
+        list.respond(200, pod_list(&[]));
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], names::reasons::DELETION_BLOCKED);
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(BLOCKED_RECHECK)
+        );
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
     async fn the_finalizer_is_removed_once_a_live_list_shows_no_user() {
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &["other", names::FINALIZER]);
@@ -450,6 +515,7 @@ mod tests {
         assert_eq!(
             patch,
             json!([
+                {"op": "test", "path": "/metadata/uid", "value": "nad-uid"},
                 {"op": "test", "path": "/metadata/finalizers/1", "value": names::FINALIZER},
                 {"op": "remove", "path": "/metadata/finalizers/1"}
             ])
@@ -517,7 +583,7 @@ mod tests {
             .await
             .respond(200, fresh);
         assert_eq!(
-            patch[0],
+            patch[1],
             json!({"op": "test", "path": "/metadata/finalizers/1", "value": names::FINALIZER})
         );
         api.expect_event("default").await;

@@ -107,19 +107,22 @@ pub fn add_finalizer_patch(nad: &NadState) -> Patch {
     serde_json::from_value(json!(ops)).expect("static patch shape")
 }
 
-/// JSON patch removing our finalizer, and only ours: a `test` pins the entry
-/// at that index, so a concurrent edit of the list fails the patch instead of
-/// removing somebody else's finalizer. None when ours is not there.
-pub fn remove_finalizer_patch(finalizers: &[String]) -> Option<Patch> {
+/// JSON patch removing our finalizer, and only ours, from the NAD with this
+/// `uid`: one `test` pins the object's identity, so a NAD re-created under the
+/// same name is never stripped on the strength of its predecessor's state;
+/// another pins the entry at that index, so a concurrent edit of the list
+/// fails the patch instead of removing somebody else's finalizer. None when
+/// ours is not there.
+pub fn remove_finalizer_patch(uid: Option<&str>, finalizers: &[String]) -> Option<Patch> {
     let index = finalizers.iter().position(|f| f == names::FINALIZER)?;
     let path = format!("/metadata/finalizers/{index}");
-    Some(
-        serde_json::from_value(json!([
-            {"op": "test", "path": path, "value": names::FINALIZER},
-            {"op": "remove", "path": path},
-        ]))
-        .expect("static patch shape"),
-    )
+    let mut ops = Vec::new();
+    if let Some(uid) = uid {
+        ops.push(json!({"op": "test", "path": "/metadata/uid", "value": uid}));
+    }
+    ops.push(json!({"op": "test", "path": path, "value": names::FINALIZER}));
+    ops.push(json!({"op": "remove", "path": path}));
+    Some(serde_json::from_value(json!(ops)).expect("static patch shape"))
 }
 
 #[cfg(test)]
@@ -208,15 +211,17 @@ mod tests {
             names::FINALIZER.to_string(),
             "b".to_string(),
         ];
-        let patch = serde_json::to_value(remove_finalizer_patch(&fins).unwrap()).unwrap();
+        let patch =
+            serde_json::to_value(remove_finalizer_patch(Some("u-1"), &fins).unwrap()).unwrap();
         assert_eq!(
             patch,
             json!([
+                {"op": "test", "path": "/metadata/uid", "value": "u-1"},
                 {"op": "test", "path": "/metadata/finalizers/1", "value": names::FINALIZER},
                 {"op": "remove", "path": "/metadata/finalizers/1"}
             ])
         );
-        assert!(remove_finalizer_patch(&["a".to_string()]).is_none());
+        assert!(remove_finalizer_patch(Some("u-1"), &["a".to_string()]).is_none());
     }
 
     #[test]

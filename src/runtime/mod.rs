@@ -38,6 +38,7 @@ impl Default for Settings {
 pub struct Shared {
     pub client: kube::Client,
     pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Arc<metrics::Metrics>,
     pub pods: Arc<RwLock<PodIndex>>,
     /// Becomes true once the pod index holds a full list; nothing may be
@@ -59,7 +60,8 @@ impl Shared {
             instance,
         };
         let shared = Shared {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             metrics,
             pods: Arc::new(RwLock::new(PodIndex::new())),
@@ -77,7 +79,26 @@ impl Shared {
 
     /// Publishes an Event; a failure is logged, never fails the caller.
     pub async fn publish(&self, event: Event, regarding: &ObjectReference) {
-        if let Err(e) = self.recorder.publish(&event, regarding).await {
+        Self::log_failure(
+            &event,
+            regarding,
+            self.recorder.publish(&event, regarding).await,
+        );
+    }
+
+    /// Publishes an Event that describes a state which has just changed (who
+    /// blocks a deletion, how many endpoints a Service has) as a new Event
+    /// object. The Recorder folds repeats of one reason on one object into a
+    /// series that keeps the first note and only raises its count, so a
+    /// changed note would never reach `kubectl describe`. Callers publish
+    /// only when the state changes, so this adds one Event per change.
+    pub async fn publish_state_change(&self, event: Event, regarding: &ObjectReference) {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        Self::log_failure(&event, regarding, recorder.publish(&event, regarding).await);
+    }
+
+    fn log_failure(event: &Event, regarding: &ObjectReference, result: kube::Result<()>) {
+        if let Err(e) = result {
             tracing::warn!(reason = %event.reason, object = ?regarding.name, error = %e, "could not publish event");
         }
     }
