@@ -123,3 +123,37 @@ fn plan_reads_stdin() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("default/foo-network"));
 }
+
+/// Annotations Multus accepts (free-form interfaces, capitalised JSON keys),
+/// one it cannot read, and a network reported in network-status: every NAD
+/// they name is held while it is being deleted.
+#[test]
+fn plan_holds_every_nad_that_multus_edge_case_annotations_use() {
+    let out = Command::new(BIN)
+        .current_dir(ROOT)
+        .args(["plan", "-f", "manifests/examples/multus-edge-cases.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for nad in [
+        "default/sriov-net",
+        "default/macvlan-conf",
+        "default/br-a",
+        "default/first-net",
+        "default/second-net",
+        "other/capnet",
+        "default/half-typed",
+        "default/attached-net",
+    ] {
+        let row = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("{nad} ")))
+            .unwrap_or_else(|| panic!("no row for {nad}:\n{printed}"));
+        assert!(row.contains("deletion blocked"), "{row}");
+    }
+}
