@@ -6,6 +6,17 @@
 /// Finalizer held on every NetworkAttachmentDefinition while any pod uses it.
 pub const FINALIZER: &str = "k8s.cni.cncf.io/net-attach-def-protection";
 
+/// Label kept on every NAD that at least one non-terminal pod uses (value
+/// `"true"`); the admission policy refuses to delete a NAD that carries it.
+pub const IN_USE_LABEL: &str = "k8s.cni.cncf.io/in-use";
+
+/// NAD annotation (value `"true"`) with which an admin deliberately lets a
+/// delete of an in-use NAD through admission; the finalizer still holds it.
+pub const ALLOW_DELETE_IN_USE_ANNOTATION: &str = "k8s.cni.cncf.io/allow-delete-in-use";
+
+/// Name of the ValidatingAdmissionPolicy and its binding.
+pub const ADMISSION_POLICY: &str = "net-attach-def-in-use-protection";
+
 /// Value of `endpointslice.kubernetes.io/managed-by` on the EndpointSlices we own.
 pub const MANAGED_BY: &str = "net-attach-def-controller.k8s.cni.cncf.io";
 

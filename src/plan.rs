@@ -376,10 +376,26 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
                 "not found".to_string(),
                 "none: pods reference a NAD that does not exist".to_string(),
             ),
-            Some(Decision::AddFinalizer) => (
-                "unprotected".into(),
-                format!("add finalizer {}", names::FINALIZER),
-            ),
+            Some(Decision::Sync {
+                add_finalizer,
+                mark_in_use,
+            }) => {
+                let mut actions = Vec::new();
+                if *add_finalizer {
+                    actions.push(format!("add finalizer {}", names::FINALIZER));
+                }
+                match mark_in_use {
+                    Some(true) => actions.push(format!("label {}=true", names::IN_USE_LABEL)),
+                    Some(false) => actions.push(format!("remove label {}", names::IN_USE_LABEL)),
+                    None => {}
+                }
+                let state = if *add_finalizer {
+                    "unprotected"
+                } else {
+                    "protected"
+                };
+                (state.into(), actions.join(", "))
+            }
             Some(Decision::Protected) => ("protected".into(), "none".into()),
             Some(Decision::Blocked { users }) => {
                 let shown: Vec<String> = users.iter().take(3).map(ToString::to_string).collect();
@@ -514,13 +530,32 @@ pub fn render_yaml(report: &Report) -> Result<String, String> {
     let mut docs: Vec<Value> = Vec::new();
     let mut comments = String::new();
     for n in &report.nads {
-        if let (Some(Decision::AddFinalizer), Some(nad)) = (&n.decision, &n.nad) {
+        if let (
+            Some(Decision::Sync {
+                add_finalizer,
+                mark_in_use,
+            }),
+            Some(nad),
+        ) = (&n.decision, &n.nad)
+        {
             let mut finalizers = nad.metadata.finalizers.clone().unwrap_or_default();
-            finalizers.push(names::FINALIZER.into());
+            if *add_finalizer {
+                finalizers.push(names::FINALIZER.into());
+            }
+            let mut labels = nad.metadata.labels.clone().unwrap_or_default();
+            match mark_in_use {
+                Some(true) => {
+                    labels.insert(names::IN_USE_LABEL.into(), "true".into());
+                }
+                Some(false) => {
+                    labels.remove(names::IN_USE_LABEL);
+                }
+                None => {}
+            }
             docs.push(serde_json::json!({
                 "apiVersion": "k8s.cni.cncf.io/v1",
                 "kind": "NetworkAttachmentDefinition",
-                "metadata": {"name": n.key.name, "namespace": n.key.namespace, "finalizers": finalizers},
+                "metadata": {"name": n.key.name, "namespace": n.key.namespace, "finalizers": finalizers, "labels": labels},
                 "spec": nad.spec,
             }));
         }
@@ -608,7 +643,7 @@ pub fn main(args: &PlanArgs) -> ExitCode {
 mod tests {
     use super::*;
     use crate::fixtures;
-    use crate::protection::decide::add_finalizer_patch;
+    use crate::protection::decide::sync_patch;
     use http::Method;
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
@@ -627,9 +662,13 @@ mod tests {
         let report = plan(&seed(), "kube-system", 100);
         let by_name: BTreeMap<String, &NadPlan> =
             report.nads.iter().map(|n| (n.key.to_string(), n)).collect();
+        // br0 is used by the hostnames pod: protected and marked in one patch
         assert_eq!(
             by_name["default/br0"].decision,
-            Some(Decision::AddFinalizer)
+            Some(Decision::Sync {
+                add_finalizer: true,
+                mark_in_use: Some(true)
+            })
         );
         assert_eq!(
             by_name["default/foo-network"].decision,
@@ -804,7 +843,10 @@ mod tests {
                 pctx.clone(),
             ));
             match planned.decision.as_ref().unwrap() {
-                Decision::AddFinalizer => {
+                Decision::Sync {
+                    add_finalizer,
+                    mark_in_use,
+                } => {
                     let path = format!(
                         "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/{}",
                         planned.key.name
@@ -815,7 +857,11 @@ mod tests {
                         .respond(200, json!(meta));
                     assert_eq!(
                         body,
-                        json!(add_finalizer_patch(&NadState::from_meta(&nad.metadata)))
+                        json!(sync_patch(
+                            &NadState::from_meta(&nad.metadata),
+                            *add_finalizer,
+                            *mark_in_use
+                        ))
                     );
                 }
                 Decision::Blocked { users } => {

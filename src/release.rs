@@ -1,8 +1,10 @@
-//! `release-finalizers`: removes our finalizer, and only ours, from every
-//! NAD, so that uninstalling the operator never leaves NADs stuck.
+//! `release-finalizers`: removes our finalizer, and only ours, and our
+//! in-use label from every NAD, so that uninstalling the operator never
+//! leaves NADs stuck (the label would keep the admission policy refusing
+//! their deletion, were it left installed).
 
 use crate::model::{NetworkAttachmentDefinition, ObjectKey};
-use crate::protection::decide::remove_finalizer_patch;
+use crate::protection::decide::{NadState, remove_finalizer_patch, remove_marker_patch};
 use crate::{Error, Result};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use std::io::Write;
@@ -59,6 +61,22 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
                         }
                     }
                     Err(e) => return Err(Error::kube("removing the finalizer from", &key)(e)),
+                }
+            }
+            // The label goes too; a 404 (released and gone) or 422 (already
+            // off, or another NAD under that name) leaves nothing to do.
+            if let Some(patch) = remove_marker_patch(&NadState::from_meta(&nad.metadata)) {
+                match ns_api
+                    .patch_metadata(
+                        &key.name,
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(patch),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {}
+                    Err(e) => return Err(Error::kube("removing the in-use label from", &key)(e)),
                 }
             }
             let line = match &outcome {

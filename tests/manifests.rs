@@ -14,6 +14,7 @@ const OVERLAYS: &[&str] = &[
     "kustomize/overlays/ha",
     "kustomize/overlays/jaeger",
     "kustomize/overlays/kind",
+    "kustomize/overlays/pre-1.30",
 ];
 
 fn render(dir: &str) -> Option<Vec<Value>> {
@@ -219,4 +220,25 @@ fn each_overlay_does_what_it_promises() {
     );
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     assert_eq!(env(&d, "RUST_LOG").as_deref(), Some("info,nadc=debug"));
+
+    // The admission policy ships with base; the pre-1.30 overlay has none of it.
+    let policy_kinds = [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    let base = render("kustomize/base").unwrap();
+    for kind in policy_kinds {
+        assert!(base.iter().any(|d| d["kind"] == kind), "base lacks {kind}");
+    }
+    let old = render("kustomize/overlays/pre-1.30").unwrap();
+    assert!(
+        !old.iter()
+            .any(|d| policy_kinds.contains(&d["kind"].as_str().unwrap_or_default())),
+        "pre-1.30 must not install the admission policy"
+    );
+    assert_eq!(
+        old.len() + 2,
+        base.len(),
+        "pre-1.30 is base less the policy"
+    );
 }

@@ -3,6 +3,7 @@
 //! users changes. It gathers inputs, asks `decide`, and applies the answer.
 
 use super::decide::{self, Decision, NadState};
+use super::tracker::NadWrites;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
@@ -18,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{Instrument, info, instrument};
+use tracing::{Instrument, debug, info, instrument};
 
 pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
 
@@ -32,6 +33,8 @@ pub struct Context {
     pub nads: Store<NadMeta>,
     /// Last DeletionBlocked message per NAD, so an unchanged one is not repeated.
     last_blocked: Mutex<HashMap<ObjectKey, String>>,
+    /// Our last write per NAD, so a stale cache never repeats or undoes it.
+    writes: Mutex<NadWrites>,
     retries: crate::runtime::retry::Retries,
 }
 
@@ -41,6 +44,7 @@ impl Context {
             shared,
             nads,
             last_blocked: Mutex::default(),
+            writes: Mutex::default(),
             retries: Default::default(),
         }
     }
@@ -81,9 +85,18 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         .expect("pod index lock")
         .users(&state.key);
     let decision = decide::decide(&state, &users);
+    let writes = matches!(decision, Decision::Sync { .. } | Decision::ConfirmRelease);
+    if writes && cache_is_behind_our_write(&ctx, &state) {
+        // Its watch event brings this NAD back once the cache has our write.
+        debug!("the NAD cache has not seen our last write yet; waiting for it");
+        return Ok(Action::await_change());
+    }
     let action = match decision {
-        Decision::AddFinalizer => {
-            add_finalizer(&ctx, &state).await?;
+        Decision::Sync {
+            add_finalizer,
+            mark_in_use,
+        } => {
+            sync_metadata(&ctx, &state, add_finalizer, mark_in_use).await?;
             Action::await_change()
         }
         Decision::Protected | Decision::Unprotected => {
@@ -158,48 +171,84 @@ fn retry_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Adds the finalizer; on a conflict, re-reads the NAD and tries again from
-/// what the API server holds, never from a guess.
-async fn add_finalizer(ctx: &Context, cached: &NadState) -> Result<()> {
+fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
+    match (&cached.uid, &cached.resource_version) {
+        (Some(uid), Some(rv)) => ctx.writes.lock().unwrap().is_stale(uid, rv),
+        _ => false,
+    }
+}
+
+fn record_write(ctx: &Context, from: &NadState) {
+    if let (Some(uid), Some(rv)) = (&from.uid, &from.resource_version) {
+        ctx.writes.lock().unwrap().wrote(uid, rv);
+    }
+}
+
+/// Sends one `Decision::Sync` patch (finalizer and/or in-use marker) from
+/// the cached state; on a conflict, re-reads the NAD and decides again from
+/// what the API server holds and what the pod index says now, never from a
+/// guess.
+async fn sync_metadata(
+    ctx: &Context,
+    cached: &NadState,
+    add_finalizer: bool,
+    mark_in_use: Option<bool>,
+) -> Result<()> {
     let api: Api<NetworkAttachmentDefinition> =
         Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
     let name = cached.key.name.as_str();
-    let attempt = || async {
-        let current = NadState::from_meta(
-            &api.get_metadata(name)
+    let send = |from: NadState, add_finalizer: bool, mark_in_use: Option<bool>| {
+        let api = api.clone();
+        async move {
+            let Some(patch) = decide::sync_patch(&from, add_finalizer, mark_in_use) else {
+                return Ok::<(), Error>(());
+            };
+            api.patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
                 .await
-                .map_err(Error::kube("reading", &cached.key))?
-                .metadata,
-        );
-        if current.deleting || current.protected() {
-            return Ok(());
-        }
-        let patch = Patch::<()>::Json(decide::add_finalizer_patch(&current));
-        api.patch_metadata(name, &PatchParams::default(), &patch)
-            .await
-            .map_err(Error::kube("adding the finalizer to", &cached.key))?;
-        ctx.shared.metrics.finalizer_write("add");
-        info!("finalizer added");
-        Ok(())
-    };
-    // First try from the cached state, without a GET.
-    let patch = Patch::<()>::Json(decide::add_finalizer_patch(cached));
-    match api
-        .patch_metadata(name, &PatchParams::default(), &patch)
-        .await
-    {
-        Ok(_) => {
-            ctx.shared.metrics.finalizer_write("add");
-            info!("finalizer added");
+                .map_err(Error::kube(
+                    "updating the finalizer and in-use label of",
+                    &from.key,
+                ))?;
+            record_write(ctx, &from);
+            if add_finalizer {
+                ctx.shared.metrics.finalizer_write("add");
+                info!("finalizer added");
+            }
+            if let Some(mark) = mark_in_use {
+                ctx.shared
+                    .metrics
+                    .marker_write(if mark { "mark" } else { "unmark" });
+                info!(in_use = mark, "in-use label updated");
+            }
             Ok(())
         }
-        Err(e) => {
-            let err = Error::kube("adding the finalizer to", &cached.key)(e);
-            if !err.is_conflict() {
-                return Err(err);
-            }
-            attempt.retry(retry_policy()).when(Error::is_conflict).await
+    };
+    match send(cached.clone(), add_finalizer, mark_in_use).await {
+        Err(err) if err.is_conflict() => {
+            let again = || async {
+                let current = NadState::from_meta(
+                    &api.get_metadata(name)
+                        .await
+                        .map_err(Error::kube("reading", &cached.key))?
+                        .metadata,
+                );
+                let users = ctx
+                    .shared
+                    .pods
+                    .read()
+                    .expect("pod index lock")
+                    .users(&current.key);
+                match decide::decide(&current, &users) {
+                    Decision::Sync {
+                        add_finalizer,
+                        mark_in_use,
+                    } => send(current, add_finalizer, mark_in_use).await,
+                    _ => Ok(()),
+                }
+            };
+            again.retry(retry_policy()).when(Error::is_conflict).await
         }
+        other => other,
     }
 }
 
@@ -248,6 +297,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
     };
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
     if removed {
+        record_write(ctx, cached);
         ctx.shared.metrics.finalizer_write("remove");
         info!("no pod uses this network any more; protection released");
         ctx.shared
@@ -414,6 +464,64 @@ mod tests {
             ])
         );
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_nad_in_use_gets_the_finalizer_and_the_in_use_label_in_one_patch() {
+        let (ctx, mut api) = context(&[demo_pod("Running")]);
+        let obj = nad(false, &[]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        let patch = api
+            .expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(200, obj.clone());
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                {"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]},
+                {"op": "add", "path": "/metadata/labels", "value": {names::IN_USE_LABEL: "true"}}
+            ])
+        );
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        let metrics = ctx.shared.metrics.render();
+        assert!(
+            metrics.contains(r#"nadc_in_use_marker_writes_total{verb="mark"} 1"#),
+            "{metrics}"
+        );
+
+        // A second trigger while the cache still holds the version we
+        // patched: no repeated write (it would only fail its test).
+        let again = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        assert_eq!(again.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+
+        // The cache catches up (rv 8, marked): nothing left to do.
+        let mut current = obj.clone();
+        current["metadata"]["resourceVersion"] = json!("8");
+        current["metadata"]["finalizers"] = json!([names::FINALIZER]);
+        current["metadata"]["labels"] = json!({names::IN_USE_LABEL: "true"});
+        let settled = tokio::spawn(reconcile(nad_meta(&current), ctx.clone()));
+        assert_eq!(settled.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+
+        // The last user goes: the label comes off, once.
+        ctx.shared
+            .pods
+            .write()
+            .unwrap()
+            .remove(&ObjectKey::new("default", "demo"));
+        let idle = tokio::spawn(reconcile(nad_meta(&current), ctx));
+        let patch = api
+            .expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(200, current);
+        assert_eq!(
+            patch[1],
+            json!({"op": "remove", "path": "/metadata/labels/k8s.cni.cncf.io~1in-use"})
+        );
+        idle.await.unwrap().unwrap();
         api.expect_silence().await;
     }
 

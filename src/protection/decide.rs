@@ -1,4 +1,5 @@
-//! Which NADs a pod uses, and what to do with a NAD: pure functions only.
+//! Which NADs a pod uses, and what to do with a NAD (its finalizer and its
+//! in-use marker): pure functions only.
 
 use crate::{model::ObjectKey, model::PodView, names};
 use json_patch::Patch;
@@ -18,9 +19,14 @@ pub fn pod_uses(pod: &PodView, nad: &ObjectKey) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NadState {
     pub key: ObjectKey,
+    pub uid: Option<String>,
     pub finalizers: Vec<String>,
     pub deleting: bool,
     pub resource_version: Option<String>,
+    /// The NAD has labels at all (a JSON patch adds the map or a key in it).
+    pub has_labels: bool,
+    /// Carries `IN_USE_LABEL: "true"`.
+    pub marked_in_use: bool,
 }
 
 impl NadState {
@@ -30,9 +36,16 @@ impl NadState {
                 meta.namespace.clone().unwrap_or_default(),
                 meta.name.clone().unwrap_or_default(),
             ),
+            uid: meta.uid.clone(),
             finalizers: meta.finalizers.clone().unwrap_or_default(),
             deleting: meta.deletion_timestamp.is_some(),
             resource_version: meta.resource_version.clone(),
+            has_labels: meta.labels.as_ref().is_some_and(|l| !l.is_empty()),
+            marked_in_use: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(names::IN_USE_LABEL))
+                .is_some_and(|v| v == "true"),
         }
     }
 
@@ -43,10 +56,14 @@ impl NadState {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Not being deleted and not yet protected: add the finalizer now, since
-    /// it cannot be added once deletion has started.
-    AddFinalizer,
-    /// Protected and not being deleted: nothing to do.
+    /// Not being deleted, and its metadata is not yet what it should be: add
+    /// our finalizer (now, since it cannot be added once deletion has
+    /// started) and/or set the in-use marker, in one patch.
+    Sync {
+        add_finalizer: bool,
+        mark_in_use: Option<bool>,
+    },
+    /// Protected, marked as it should be, and not being deleted: nothing to do.
     Protected,
     /// Being deleted, and these pods (sorted) still use it: keep the finalizer.
     Blocked { users: Vec<ObjectKey> },
@@ -57,11 +74,24 @@ pub enum Decision {
     Unprotected,
 }
 
-/// The one protection decision, from the NAD and the pods the cache says use it.
+/// The one protection decision, from the NAD and the pods the cache says use
+/// it. The marker follows the users only while the NAD is not being deleted:
+/// it changes when the set of users goes from empty to non-empty or back,
+/// never per pod, and a deleting NAD's marker no longer matters.
 pub fn decide(nad: &NadState, users: &[ObjectKey]) -> Decision {
     match (nad.deleting, nad.protected()) {
-        (false, false) => Decision::AddFinalizer,
-        (false, true) => Decision::Protected,
+        (false, protected) => {
+            let in_use = !users.is_empty();
+            let mark_in_use = (in_use != nad.marked_in_use).then_some(in_use);
+            if protected && mark_in_use.is_none() {
+                Decision::Protected
+            } else {
+                Decision::Sync {
+                    add_finalizer: !protected,
+                    mark_in_use,
+                }
+            }
+        }
         (true, false) => Decision::Unprotected,
         (true, true) if users.is_empty() => Decision::ConfirmRelease,
         (true, true) => Decision::Blocked {
@@ -92,19 +122,68 @@ pub fn blocked_message(users: &[ObjectKey]) -> String {
     )
 }
 
-/// JSON patch adding our finalizer. It tests the resourceVersion it was
-/// computed from, so it can never overwrite a concurrent change of the list.
-pub fn add_finalizer_patch(nad: &NadState) -> Patch {
+/// The in-use label as a JSON pointer ('/' escaped as `~1`).
+fn in_use_label_path() -> String {
+    format!(
+        "/metadata/labels/{}",
+        names::IN_USE_LABEL.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// JSON patch making a NAD's metadata what [`Decision::Sync`] asks: our
+/// finalizer added, the in-use marker set or removed. It tests the
+/// resourceVersion it was computed from, so it can never overwrite a
+/// concurrent change. None when there is nothing to write.
+pub fn sync_patch(nad: &NadState, add_finalizer: bool, mark_in_use: Option<bool>) -> Option<Patch> {
     let mut ops = Vec::new();
+    if add_finalizer {
+        if nad.finalizers.is_empty() {
+            ops.push(
+                json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]}),
+            );
+        } else {
+            ops.push(
+                json!({"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}),
+            );
+        }
+    }
+    match mark_in_use {
+        Some(true) if !nad.has_labels => ops.push(
+            json!({"op": "add", "path": "/metadata/labels", "value": {names::IN_USE_LABEL: "true"}}),
+        ),
+        Some(true) => ops.push(json!({"op": "add", "path": in_use_label_path(), "value": "true"})),
+        Some(false) => ops.push(json!({"op": "remove", "path": in_use_label_path()})),
+        None => {}
+    }
+    if ops.is_empty() {
+        return None;
+    }
     if let Some(rv) = &nad.resource_version {
-        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+        ops.insert(
+            0,
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+        );
     }
-    if nad.finalizers.is_empty() {
-        ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]}));
-    } else {
-        ops.push(json!({"op": "add", "path": "/metadata/finalizers/-", "value": names::FINALIZER}));
+    Some(serde_json::from_value(json!(ops)).expect("static patch shape"))
+}
+
+/// JSON patch adding our finalizer (and nothing else).
+pub fn add_finalizer_patch(nad: &NadState) -> Patch {
+    sync_patch(nad, true, None).expect("adding is a write")
+}
+
+/// JSON patch taking the in-use marker off (uninstall), guarded by uid; None
+/// when it is not there.
+pub fn remove_marker_patch(nad: &NadState) -> Option<Patch> {
+    if !nad.marked_in_use {
+        return None;
     }
-    serde_json::from_value(json!(ops)).expect("static patch shape")
+    let mut ops = Vec::new();
+    if let Some(uid) = &nad.uid {
+        ops.push(json!({"op": "test", "path": "/metadata/uid", "value": uid}));
+    }
+    ops.push(json!({"op": "remove", "path": in_use_label_path()}));
+    Some(serde_json::from_value(json!(ops)).expect("static patch shape"))
 }
 
 /// JSON patch removing our finalizer, and only ours, from the NAD with this
@@ -133,10 +212,19 @@ mod tests {
     fn nad(deleting: bool, finalizers: &[&str]) -> NadState {
         NadState {
             key: ObjectKey::new("default", "foo-network"),
+            uid: Some("u-1".into()),
             finalizers: finalizers.iter().map(|s| s.to_string()).collect(),
             deleting,
             resource_version: Some("7".into()),
+            has_labels: false,
+            marked_in_use: false,
         }
+    }
+
+    fn marked(mut n: NadState) -> NadState {
+        n.has_labels = true;
+        n.marked_in_use = true;
+        n
     }
 
     fn pod(annotation: &str, phase: &str) -> PodView {
@@ -151,12 +239,92 @@ mod tests {
 
     #[test]
     fn every_new_nad_gets_the_finalizer() {
-        assert_eq!(decide(&nad(false, &[]), &[]), Decision::AddFinalizer);
-        assert_eq!(decide(&nad(false, &["other"]), &[]), Decision::AddFinalizer);
+        let add = Decision::Sync {
+            add_finalizer: true,
+            mark_in_use: None,
+        };
+        assert_eq!(decide(&nad(false, &[]), &[]), add);
+        assert_eq!(decide(&nad(false, &["other"]), &[]), add);
         assert_eq!(
             decide(&nad(false, &[names::FINALIZER]), &[]),
             Decision::Protected
         );
+    }
+
+    #[test]
+    fn the_marker_follows_users_only_across_empty_and_back() {
+        let users = vec![ObjectKey::new("default", "demo")];
+        let two = vec![users[0].clone(), ObjectKey::new("default", "other")];
+        let protected = nad(false, &[names::FINALIZER]);
+        // first user: mark, in the same patch as the finalizer on first sight
+        assert_eq!(
+            decide(&nad(false, &[]), &users),
+            Decision::Sync {
+                add_finalizer: true,
+                mark_in_use: Some(true)
+            }
+        );
+        assert_eq!(
+            decide(&protected, &users),
+            Decision::Sync {
+                add_finalizer: false,
+                mark_in_use: Some(true)
+            }
+        );
+        // more users, or fewer but not none: no write
+        assert_eq!(
+            decide(&marked(protected.clone()), &two),
+            Decision::Protected
+        );
+        assert_eq!(
+            decide(&marked(protected.clone()), &users),
+            Decision::Protected
+        );
+        // last user gone: unmark
+        assert_eq!(
+            decide(&marked(protected.clone()), &[]),
+            Decision::Sync {
+                add_finalizer: false,
+                mark_in_use: Some(false)
+            }
+        );
+        // a deleting NAD's marker is left alone
+        assert_eq!(
+            decide(&marked(nad(true, &[names::FINALIZER])), &[]),
+            Decision::ConfirmRelease
+        );
+    }
+
+    #[test]
+    fn marker_patches_add_the_label_map_or_a_key_and_remove_only_the_key() {
+        let fresh = nad(false, &[names::FINALIZER]);
+        assert_eq!(
+            serde_json::to_value(sync_patch(&fresh, false, Some(true)).unwrap()).unwrap(),
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                {"op": "add", "path": "/metadata/labels", "value": {names::IN_USE_LABEL: "true"}}
+            ])
+        );
+        let mut labelled = fresh.clone();
+        labelled.has_labels = true;
+        assert_eq!(
+            serde_json::to_value(sync_patch(&labelled, false, Some(true)).unwrap()).unwrap()[1],
+            json!({"op": "add", "path": "/metadata/labels/k8s.cni.cncf.io~1in-use", "value": "true"})
+        );
+        assert_eq!(
+            serde_json::to_value(sync_patch(&marked(fresh.clone()), false, Some(false)).unwrap())
+                .unwrap()[1],
+            json!({"op": "remove", "path": "/metadata/labels/k8s.cni.cncf.io~1in-use"})
+        );
+        assert!(sync_patch(&fresh, false, None).is_none());
+        assert_eq!(
+            serde_json::to_value(remove_marker_patch(&marked(fresh.clone())).unwrap()).unwrap(),
+            json!([
+                {"op": "test", "path": "/metadata/uid", "value": "u-1"},
+                {"op": "remove", "path": "/metadata/labels/k8s.cni.cncf.io~1in-use"}
+            ])
+        );
+        assert!(remove_marker_patch(&fresh).is_none());
     }
 
     #[test]

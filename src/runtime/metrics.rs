@@ -42,6 +42,7 @@ pub struct Metrics {
     pub deletions_blocked: Gauge,
     pub slice_writes: Family<VerbLabels, Counter>,
     pub finalizer_writes: Family<VerbLabels, Counter>,
+    pub marker_writes: Family<VerbLabels, Counter>,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
 }
@@ -63,6 +64,7 @@ impl Default for Metrics {
         let deletions_blocked = Gauge::default();
         let slice_writes = Family::<VerbLabels, Counter>::default();
         let finalizer_writes = Family::<VerbLabels, Counter>::default();
+        let marker_writes = Family::<VerbLabels, Counter>::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
         registry.register(
@@ -101,6 +103,11 @@ impl Default for Metrics {
             finalizer_writes.clone(),
         );
         registry.register(
+            "in_use_marker_writes",
+            "NetworkAttachmentDefinition in-use label changes sent, by verb (mark, unmark)",
+            marker_writes.clone(),
+        );
+        registry.register(
             "invalid_annotations",
             "Pod annotations that did not parse, by annotation",
             invalid_annotations.clone(),
@@ -119,6 +126,7 @@ impl Default for Metrics {
             deletions_blocked,
             slice_writes,
             finalizer_writes,
+            marker_writes,
             invalid_annotations,
             pods_indexed,
         }
@@ -158,6 +166,12 @@ impl Metrics {
 
     pub fn finalizer_write(&self, verb: &str) {
         self.finalizer_writes
+            .get_or_create(&VerbLabels { verb: verb.into() })
+            .inc();
+    }
+
+    pub fn marker_write(&self, verb: &str) {
+        self.marker_writes
             .get_or_create(&VerbLabels { verb: verb.into() })
             .inc();
     }
