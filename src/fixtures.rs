@@ -59,9 +59,28 @@ impl ApiServerVerifier {
 
     /// As `expect`, for requests that come after a backoff.
     pub async fn expect_within(&mut self, wait: Duration, method: Method, path: &str) -> Exchange {
+        let ex = self
+            .next_within(wait)
+            .await
+            .unwrap_or_else(|| panic!("timed out waiting for {method} {path}"));
+        assert_eq!(
+            (&ex.method, ex.path.as_str()),
+            (&method, path),
+            "unexpected request {} {}?{} with body {}",
+            ex.method,
+            ex.path,
+            ex.query,
+            ex.body
+        );
+        ex
+    }
+
+    /// The next request, whatever it is (for requests whose order is not
+    /// part of the behaviour under test); None after `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Exchange> {
         let (request, send) = tokio::time::timeout(wait, self.0.next_request())
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+            .ok()?
             .expect("the client was dropped");
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap();
@@ -70,20 +89,13 @@ impl ApiServerVerifier {
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
-        assert_eq!(
-            (&parts.method, parts.uri.path()),
-            (&method, path),
-            "unexpected request {} {} with body {body}",
-            parts.method,
-            parts.uri
-        );
-        Exchange {
+        Some(Exchange {
             method: parts.method,
             path: parts.uri.path().to_string(),
             query: parts.uri.query().unwrap_or_default().to_string(),
             body,
             send,
-        }
+        })
     }
 
     /// Expects an Event to be published (POST events.k8s.io), answers it,

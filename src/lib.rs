@@ -32,6 +32,8 @@ pub enum Error {
     },
     #[error("the cache is older than our last write to {0}; retrying shortly")]
     StaleCache(String),
+    #[error("listing pods to confirm which NADs are in use: {0}")]
+    LiveList(std::sync::Arc<kube::Error>),
 }
 
 impl Error {
@@ -53,6 +55,10 @@ impl Error {
             } => format!("api_{}", s.code),
             Error::Kube { .. } => "kube".into(),
             Error::StaleCache(_) => "stale_cache".into(),
+            Error::LiveList(e) => match e.as_ref() {
+                kube::Error::Api(s) => format!("api_{}", s.code),
+                _ => "kube".into(),
+            },
         }
     }
 

@@ -3,15 +3,16 @@
 //! users changes. It gathers inputs, asks `decide`, and applies the answer.
 
 use super::decide::{self, Decision, NadState};
+use super::live::SharedList;
 use super::tracker::NadWrites;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use backon::{ExponentialBuilder, Retryable};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -22,6 +23,10 @@ use std::time::Duration;
 use tracing::{Instrument, debug, info, instrument};
 
 pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
+
+/// NADs reconciled at once. Confirmations share one live LIST however many
+/// wait, so this bounds API calls and memory, not throughput.
+pub const CONCURRENCY: u16 = 16;
 
 /// How often a blocked deletion is re-checked even without a pod event.
 pub const BLOCKED_RECHECK: Duration = Duration::from_secs(300);
@@ -35,6 +40,8 @@ pub struct Context {
     last_blocked: Mutex<HashMap<ObjectKey, String>>,
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
     writes: Mutex<NadWrites>,
+    /// The live LIST that NADs confirming their release share.
+    live: SharedList<Result<LiveUsage, Arc<kube::Error>>>,
     retries: crate::runtime::retry::Retries,
 }
 
@@ -45,6 +52,7 @@ impl Context {
             nads,
             last_blocked: Mutex::default(),
             writes: Mutex::default(),
+            live: SharedList::default(),
             retries: Default::default(),
         }
     }
@@ -108,7 +116,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             Action::requeue(BLOCKED_RECHECK)
         }
         Decision::ConfirmRelease => {
-            let live = live_users(&ctx.shared, &state.key).await?;
+            let live = live_users(&ctx, &state.key).await?;
             // A pod the watch delivered while the LIST was paging is in the
             // index by now: look once more, right before the patch.
             let cached_now = ctx
@@ -134,7 +142,6 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         }
     };
     ctx.retries.succeeded(&state.key);
-    update_gauges(&ctx);
     Ok(action)
 }
 
@@ -147,20 +154,65 @@ pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Acti
     )
 }
 
-fn update_gauges(ctx: &Context) {
-    let mut protected = 0;
-    let mut blocked = 0;
-    for nad in ctx.nads.state() {
+/// The protected/blocked gauges, kept from the NAD watch's events: O(1) per
+/// event (a full count only when a re-list completes), never a scan of every
+/// NAD per reconcile.
+#[derive(Default)]
+struct NadGauges {
+    /// Per NAD: (holds our finalizer, and is also being deleted).
+    state: HashMap<ObjectKey, (bool, bool)>,
+    /// The state of a re-list in progress, swapped in at InitDone.
+    relist: Option<HashMap<ObjectKey, (bool, bool)>>,
+    protected: i64,
+    blocked: i64,
+}
+
+impl NadGauges {
+    fn of(nad: &NadMeta) -> (ObjectKey, (bool, bool)) {
         let s = NadState::from_meta(&nad.metadata);
-        if s.protected() {
-            protected += 1;
-            if s.deleting {
-                blocked += 1;
+        let protected = s.protected();
+        (s.key, (protected, protected && s.deleting))
+    }
+
+    fn count(&mut self, (protected, blocked): (bool, bool), sign: i64) {
+        self.protected += sign * protected as i64;
+        self.blocked += sign * blocked as i64;
+    }
+
+    /// Applies one watch event; the new (protected, blocked) counts.
+    fn apply(&mut self, event: &watcher::Event<NadMeta>) -> Option<(i64, i64)> {
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(HashMap::new());
+                return None;
+            }
+            watcher::Event::InitApply(nad) => {
+                let (k, v) = Self::of(nad);
+                self.relist.get_or_insert_with(HashMap::new).insert(k, v);
+                return None;
+            }
+            watcher::Event::InitDone => {
+                self.state = self.relist.take().unwrap_or_default();
+                (self.protected, self.blocked) = (0, 0);
+                for v in self.state.values().copied().collect::<Vec<_>>() {
+                    self.count(v, 1);
+                }
+            }
+            watcher::Event::Apply(nad) => {
+                let (k, v) = Self::of(nad);
+                if let Some(old) = self.state.insert(k, v) {
+                    self.count(old, -1);
+                }
+                self.count(v, 1);
+            }
+            watcher::Event::Delete(nad) => {
+                if let Some(old) = self.state.remove(&ObjectKey::of(nad)) {
+                    self.count(old, -1);
+                }
             }
         }
+        Some((self.protected, self.blocked))
     }
-    ctx.shared.metrics.nads_protected.set(protected);
-    ctx.shared.metrics.deletions_blocked.set(blocked);
 }
 
 fn retry_policy() -> ExponentialBuilder {
@@ -343,23 +395,25 @@ async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     }
 }
 
-/// The pods that use `nad` according to the API server itself: a paginated
-/// LIST of every pod (a consistent read, not a cache), since pods in any
-/// namespace may reference it. This is what closes pvc-protection's race.
-pub async fn live_users(shared: &Shared, nad: &ObjectKey) -> Result<Vec<ObjectKey>> {
+/// Every NAD in use according to the API server itself, with its users
+/// (sorted): one paginated LIST of every pod (a consistent read, not a
+/// cache), since pods in any namespace may reference a NAD.
+pub type LiveUsage = HashMap<ObjectKey, Vec<ObjectKey>>;
+
+async fn list_live_usage(shared: &Shared) -> Result<LiveUsage, Arc<kube::Error>> {
     let api: Api<PodLite> = Api::all(shared.client.clone());
     let mut params = ListParams::default().limit(shared.settings.list_page_size);
-    let mut users = Vec::new();
+    let mut usage = LiveUsage::new();
     loop {
         let page = api
             .list(&params)
             .instrument(tracing::debug_span!("list pods"))
             .await
-            .map_err(Error::kube("listing pods to confirm no user of", nad))?;
+            .map_err(Arc::new)?;
         for pod in page.items {
             let view = PodView::new(pod, &shared.settings.multus_namespace);
-            if decide::pod_uses(&view, nad) {
-                users.push(view.key);
+            for nad in decide::nads_in_use(&view) {
+                usage.entry(nad.clone()).or_default().push(view.key.clone());
             }
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -367,8 +421,27 @@ pub async fn live_users(shared: &Shared, nad: &ObjectKey) -> Result<Vec<ObjectKe
             None => break,
         }
     }
-    users.sort();
-    Ok(users)
+    for users in usage.values_mut() {
+        users.sort();
+    }
+    Ok(usage)
+}
+
+/// The pods that use `nad` according to a live LIST that started after this
+/// call. This is what closes pvc-protection's race. Every NAD confirming at
+/// the same time shares that LIST (`live::SharedList`).
+pub async fn live_users(ctx: &Context, nad: &ObjectKey) -> Result<Vec<ObjectKey>> {
+    let usage = ctx
+        .live
+        .fresh(|| async {
+            ctx.shared.metrics.live_list();
+            list_live_usage(&ctx.shared).await
+        })
+        .await;
+    match usage.as_ref() {
+        Ok(usage) => Ok(usage.get(nad).cloned().unwrap_or_default()),
+        Err(e) => Err(Error::LiveList(e.clone())),
+    }
 }
 
 /// Runs the protection controller until `shutdown` resolves. `triggers`
@@ -382,16 +455,25 @@ pub async fn run(
     // whose spec is malformed can never break this watch.
     let api: Api<NadMeta> = Api::all(shared.client.clone());
     let (reader, writer) = reflector::store();
+    let metrics = shared.metrics.clone();
+    let mut gauges = NadGauges::default();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|nad| {
             nad.managed_fields_mut().clear();
         })
         .reflect(writer)
+        .inspect_ok(move |event| {
+            if let Some((protected, blocked)) = gauges.apply(event) {
+                metrics.nads_protected.set(protected);
+                metrics.deletions_blocked.set(blocked);
+            }
+        })
         .applied_objects();
     let ctx = Arc::new(Context::new(shared, reader.clone()));
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
     Controller::for_stream(stream, reader)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(refs)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -448,6 +530,33 @@ mod tests {
 
     fn pod_list(items: &[Value]) -> Value {
         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": items})
+    }
+
+    #[test]
+    fn gauges_follow_the_nad_watch() {
+        let mut g = NadGauges::default();
+        let held = nad_meta(&nad(false, &[names::FINALIZER]));
+        let mut other = nad(true, &[names::FINALIZER]);
+        other["metadata"]["name"] = json!("other");
+        let blocked = nad_meta(&other);
+        g.apply(&watcher::Event::Init);
+        g.apply(&watcher::Event::InitApply((*held).clone()));
+        assert_eq!(g.apply(&watcher::Event::InitDone), Some((1, 0)));
+        assert_eq!(
+            g.apply(&watcher::Event::Apply((*blocked).clone())),
+            Some((2, 1))
+        );
+        assert_eq!(
+            g.apply(&watcher::Event::Apply((*blocked).clone())),
+            Some((2, 1))
+        );
+        assert_eq!(
+            g.apply(&watcher::Event::Delete((*blocked).clone())),
+            Some((1, 0))
+        );
+        // a re-list that no longer holds `held`
+        g.apply(&watcher::Event::Init);
+        assert_eq!(g.apply(&watcher::Event::InitDone), Some((0, 0)));
     }
 
     #[tokio::test]
@@ -605,6 +714,53 @@ mod tests {
             Action::requeue(BLOCKED_RECHECK)
         );
         api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn nads_confirming_at_once_share_one_live_list() {
+        let (ctx, mut api) = context(&[]);
+        let names = ["net-a", "net-b", "net-c"];
+        let tasks: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let mut obj = nad(true, &[names::FINALIZER]);
+                obj["metadata"]["name"] = json!(name);
+                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+                tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()))
+            })
+            .collect();
+        // The first caller leads LIST 1; the two that ask while it runs may
+        // not use it (a pod created before they asked could be missing from
+        // it) and share LIST 2.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut lists = 0;
+        let mut released = Vec::new();
+        while let Some(ex) = api.next_within(Duration::from_millis(500)).await {
+            match (ex.method.clone(), ex.path.clone()) {
+                (Method::GET, path) if path == PODS_PATH => {
+                    lists += 1;
+                    ex.respond(200, pod_list(&[]));
+                }
+                (Method::PATCH, path) => {
+                    released.push(path.rsplit('/').next().unwrap().to_string());
+                    let body = json!({"metadata": {"name": "x"}});
+                    ex.respond(200, body);
+                }
+                (Method::POST, _) => {
+                    let body = ex.body.clone();
+                    ex.respond(201, body);
+                }
+                (m, p) => panic!("unexpected {m} {p}"),
+            }
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Action::await_change());
+        }
+        released.sort();
+        assert_eq!(released, names);
+        assert_eq!(lists, 2, "three NADs, two LISTs");
+        let metrics = ctx.shared.metrics.render();
+        assert!(metrics.contains("nadc_live_pod_lists_total 2"), "{metrics}");
     }
 
     #[tokio::test]

@@ -6,4 +6,5 @@
 
 pub mod controller;
 pub mod decide;
+pub mod live;
 pub mod tracker;

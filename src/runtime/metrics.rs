@@ -43,6 +43,7 @@ pub struct Metrics {
     pub slice_writes: Family<VerbLabels, Counter>,
     pub finalizer_writes: Family<VerbLabels, Counter>,
     pub marker_writes: Family<VerbLabels, Counter>,
+    pub live_lists: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
 }
@@ -65,6 +66,7 @@ impl Default for Metrics {
         let slice_writes = Family::<VerbLabels, Counter>::default();
         let finalizer_writes = Family::<VerbLabels, Counter>::default();
         let marker_writes = Family::<VerbLabels, Counter>::default();
+        let live_lists = Counter::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
         registry.register(
@@ -108,6 +110,11 @@ impl Default for Metrics {
             marker_writes.clone(),
         );
         registry.register(
+            "live_pod_lists",
+            "Paginated LISTs of every pod sent to confirm that NADs are unused (shared by every NAD waiting)",
+            live_lists.clone(),
+        );
+        registry.register(
             "invalid_annotations",
             "Pod annotations that did not parse, by annotation",
             invalid_annotations.clone(),
@@ -127,6 +134,7 @@ impl Default for Metrics {
             slice_writes,
             finalizer_writes,
             marker_writes,
+            live_lists,
             invalid_annotations,
             pods_indexed,
         }
@@ -174,6 +182,10 @@ impl Metrics {
         self.marker_writes
             .get_or_create(&VerbLabels { verb: verb.into() })
             .inc();
+    }
+
+    pub fn live_list(&self) {
+        self.live_lists.inc();
     }
 
     pub fn slice_write(&self, verb: &str) {

@@ -1,0 +1,183 @@
+//! One live LIST of every pod, shared by every NAD waiting to confirm that no
+//! pod uses it. Without it, deleting a namespace with 50 NADs in use sends 50
+//! full paginated LISTs of the cluster's pods, each decoded whole.
+//!
+//! Single flight with a freshness rule: a caller gets the result of a LIST
+//! that *started after it asked* (so a pod created before the ask is always
+//! in it). A caller arriving while a LIST runs waits for the next one, which
+//! then serves every caller that arrived meanwhile.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Debug, Default)]
+struct State<T> {
+    /// LISTs started so far; the running one, if any, is number `started`.
+    started: u64,
+    /// The highest-numbered LIST that has finished.
+    completed: u64,
+    running: bool,
+    last: Option<Arc<T>>,
+}
+
+pub struct SharedList<T> {
+    state: Mutex<State<T>>,
+    finished: watch::Sender<u64>,
+}
+
+impl<T> Default for SharedList<T> {
+    fn default() -> Self {
+        SharedList {
+            state: Mutex::new(State {
+                started: 0,
+                completed: 0,
+                running: false,
+                last: None,
+            }),
+            finished: watch::channel(0).0,
+        }
+    }
+}
+
+/// Clears `running` if the leading caller is cancelled mid-LIST, so that the
+/// waiters elect a new leader instead of waiting forever.
+struct Lead<'a, T>(&'a SharedList<T>, bool);
+
+impl<T> Drop for Lead<'_, T> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.state.lock().unwrap().running = false;
+            self.0.finished.send_modify(|_| {});
+        }
+    }
+}
+
+impl<T> SharedList<T> {
+    /// The result of a `fetch` that started after this call.
+    pub async fn fresh<F, Fut>(&self, fetch: F) -> Arc<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let need = self.state.lock().unwrap().started + 1;
+        let mut finished = self.finished.subscribe();
+        loop {
+            let lead = {
+                let mut s = self.state.lock().unwrap();
+                if s.completed >= need
+                    && let Some(last) = &s.last
+                {
+                    return last.clone();
+                }
+                if s.running {
+                    false
+                } else {
+                    s.running = true;
+                    s.started += 1;
+                    true
+                }
+            };
+            if lead {
+                let mut guard = Lead(self, false);
+                let result = Arc::new(fetch().await);
+                let seq = {
+                    let mut s = self.state.lock().unwrap();
+                    s.running = false;
+                    s.completed = s.started;
+                    s.last = Some(result.clone());
+                    s.completed
+                };
+                guard.1 = true;
+                self.finished.send_replace(seq);
+                return result;
+            }
+            // Wait for the running LIST to finish, then look again.
+            let _ = finished.changed().await;
+        }
+    }
+
+    /// LISTs started so far (for tests and metrics).
+    pub fn lists_started(&self) -> u64 {
+        self.state.lock().unwrap().started
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn callers_that_ask_during_a_list_share_the_next_one() {
+        let shared = Arc::new(SharedList::<u64>::default());
+        let fetches = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(Notify::new());
+        let fetch = {
+            let fetches = fetches.clone();
+            let release = release.clone();
+            move || {
+                let fetches = fetches.clone();
+                let release = release.clone();
+                async move {
+                    let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                    release.notified().await;
+                    n
+                }
+            }
+        };
+        // The first caller starts LIST 1.
+        let first = tokio::spawn({
+            let (s, f) = (shared.clone(), fetch.clone());
+            async move { *s.fresh(f).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(shared.lists_started(), 1);
+        // Ten callers arrive while it runs: none may use LIST 1.
+        let late: Vec<_> = (0..10)
+            .map(|_| {
+                let (s, f) = (shared.clone(), fetch.clone());
+                tokio::spawn(async move { *s.fresh(f).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        release.notify_one();
+        assert_eq!(first.await.unwrap(), 1);
+        // LIST 2 starts for all ten of them.
+        while shared.lists_started() < 2 {
+            tokio::task::yield_now().await;
+        }
+        release.notify_one();
+        for t in late {
+            assert_eq!(t.await.unwrap(), 2);
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_after_a_finished_list_starts_a_new_one() {
+        let shared = SharedList::<u64>::default();
+        let n = AtomicU64::new(0);
+        let fetch = || async { n.fetch_add(1, Ordering::SeqCst) + 1 };
+        assert_eq!(*shared.fresh(fetch).await, 1);
+        assert_eq!(*shared.fresh(fetch).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_hands_over() {
+        let shared = Arc::new(SharedList::<u64>::default());
+        let leader = tokio::spawn({
+            let s = shared.clone();
+            async move { *s.fresh(std::future::pending::<u64>).await }
+        });
+        tokio::task::yield_now().await;
+        let waiter = tokio::spawn({
+            let s = shared.clone();
+            async move { *s.fresh(|| async { 7 }).await }
+        });
+        tokio::task::yield_now().await;
+        leader.abort();
+        assert_eq!(waiter.await.unwrap(), 7);
+    }
+}
