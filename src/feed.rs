@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 #[cfg(test)]
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -39,10 +39,11 @@ pub fn map_event<A, B>(ev: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Ev
     }
 }
 
-/// Remembers which bad annotation values were already reported.
+/// Remembers which bad annotation values were already reported, per pod uid
+/// (so forgetting a deleted pod is O(1)).
 #[derive(Default)]
 pub struct ProblemLog {
-    reported: HashSet<(String, u64)>,
+    reported: HashMap<String, HashSet<u64>>,
 }
 
 impl ProblemLog {
@@ -52,15 +53,19 @@ impl ProblemLog {
         change: &'a PodChange,
     ) -> Vec<&'a crate::model::pod::AnnotationProblem> {
         if let (Some(old), None) = (&change.old, &change.new) {
-            self.reported.retain(|(uid, _)| uid != &old.uid);
+            self.reported.remove(&old.uid);
             return Vec::new();
         }
         let Some(new) = &change.new else {
             return Vec::new();
         };
+        if new.problems.is_empty() {
+            return Vec::new();
+        }
+        let seen = self.reported.entry(new.uid.clone()).or_default();
         new.problems
             .iter()
-            .filter(|p| self.reported.insert((new.uid.clone(), p.value_hash)))
+            .filter(|p| seen.insert(p.value_hash))
             .collect()
     }
 }
@@ -73,6 +78,7 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
     let multus_ns = shared.settings.multus_namespace.clone();
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
     let mut problems = ProblemLog::default();
+    let reports = spawn_reporter(shared.clone());
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(ev) => map_event(ev, |pod| PodView::new(pod, &multus_ns)),
@@ -94,7 +100,7 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
                 let _ = out.nads.unbounded_send(nad);
             }
             for problem in problems.fresh(change) {
-                report_problem(&shared, change, problem);
+                report_problem(&shared, &reports, change, problem);
             }
         }
         if relisted {
@@ -123,11 +129,29 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
     }
 }
 
-/// Counts, logs and reports (as a Warning Event) an unparsable annotation.
-/// The Event is sent in the background: a slow events API must not hold up
-/// the pod feed, and with it every other object.
+/// Warning Events about pods waiting to be sent; beyond this many, new
+/// ones are dropped (still counted in the metric and logged).
+const PENDING_REPORTS: usize = 256;
+
+type Report = (Event, ObjectReference);
+
+/// One task sends the feed's Warning Events, one at a time, from a bounded
+/// queue: a slow events API never holds up the pod feed, and a flood of bad
+/// annotations never grows a task or a buffer per pod.
+fn spawn_reporter(shared: Shared) -> tokio::sync::mpsc::Sender<Report> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Report>(PENDING_REPORTS);
+    tokio::spawn(async move {
+        while let Some((event, reference)) = rx.recv().await {
+            shared.publish(event, &reference).await;
+        }
+    });
+    tx
+}
+
+/// Counts, logs and queues (as a Warning Event) an unparsable annotation.
 fn report_problem(
     shared: &Shared,
+    reports: &tokio::sync::mpsc::Sender<Report>,
     change: &PodChange,
     problem: &crate::model::pod::AnnotationProblem,
 ) {
@@ -155,8 +179,9 @@ fn report_problem(
         action: "ParseAnnotation".into(),
         secondary: None,
     };
-    let shared = shared.clone();
-    tokio::spawn(async move { shared.publish(event, &reference).await });
+    if reports.try_send((event, reference)).is_err() {
+        tracing::debug!(pod = %pod.key, "event queue full; the Warning is dropped (the metric counts it)");
+    }
 }
 
 #[cfg(test)]

@@ -69,11 +69,12 @@ impl Snapshot {
         Ok(snapshot)
     }
 
-    /// Adds every object of a YAML text: several documents, `List`s, or both.
+    /// Adds every object of a YAML or JSON text (`kubectl get -o yaml|json`):
+    /// several documents, `List`s, or both.
     pub fn add_yaml(&mut self, file: &str, text: &str) -> Result<(), InputError> {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| InputError::Yaml {
+        let docs = parse_documents(text).map_err(|message| InputError::Yaml {
             file: file.into(),
-            message: e.to_string(),
+            message,
         })?;
         for (i, doc) in docs.into_iter().enumerate() {
             let document = i + 1;
@@ -212,6 +213,29 @@ pub struct Report {
     pub nads: Vec<NadPlan>,
     pub services: Vec<ServicePlan>,
     pub warnings: Vec<Warning>,
+}
+
+/// The documents of a snapshot. JSON (what `kubectl get -o json` prints)
+/// is read by serde_json, linear in its size. YAML is read by serde-saphyr
+/// with its node, event and scalar budgets sized from the input's length, so
+/// that a real cluster's snapshot (a 10,000-pod cluster is about 25 MB)
+/// fits, while alias and anchor budgets stay at their defaults, which is what
+/// stops a billion-laughs document: its size comes from aliases, not bytes.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let mut out = Vec::new();
+        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            out.push(doc.map_err(|e| format!("(read as JSON) {e}"))?);
+        }
+        return Ok(out);
+    }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(2 * text.len());
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+    let options = serde_saphyr::options! { budget: Some(budget) };
+    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())
 }
 
 /// Runs the controllers' decisions over a snapshot.
@@ -704,6 +728,43 @@ mod tests {
         assert_eq!(s.pods.len(), 1);
         assert_eq!(s.pods[0].metadata.namespace.as_deref(), Some("default"));
         assert_eq!(s.skipped.get("ConfigMap"), Some(&1));
+    }
+
+    /// A snapshot over serde-saphyr's default node budget (250,000) plans,
+    /// as YAML and as JSON; a billion-laughs document is still refused.
+    #[test]
+    fn real_cluster_sized_snapshots_parse_and_alias_bombs_do_not() {
+        let pod = |i: usize| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": format!("p{i}"), "namespace": "default", "labels": {"a": "b", "c": "d"},
+                                "annotations": {"k8s.v1.cni.cncf.io/networks": "net"}},
+                   "spec": {"containers": [{"name": "c", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                                            "ports": [{"name": "http", "containerPort": 80}]}]},
+                   "status": {"phase": "Running"}})
+        };
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": (0..12_000).map(pod).collect::<Vec<_>>()});
+        let yaml = serde_saphyr::to_string(&list).unwrap();
+        let mut s = Snapshot::default();
+        s.add_yaml("big.yaml", &yaml).unwrap();
+        assert_eq!(s.pods.len(), 12_000);
+        let mut s = Snapshot::default();
+        s.add_yaml("big.json", &serde_json::to_string_pretty(&list).unwrap())
+            .unwrap();
+        assert_eq!(s.pods.len(), 12_000);
+
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..12 {
+            let prev = (b'a' + level - 1) as char;
+            let this = (b'a' + level) as char;
+            bomb += &format!(
+                "{this}: &{this} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            );
+        }
+        let err = Snapshot::default()
+            .add_yaml("bomb.yaml", &bomb)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("bomb.yaml: not valid YAML"), "{err}");
     }
 
     #[test]
