@@ -8,6 +8,40 @@
 use nadc::index::PodIndex;
 use nadc::model::{PodLite, PodView};
 use serde_json::json;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// The system allocator, counting the bytes live on the heap, so that what
+/// the data takes (requested bytes) and what the allocator adds (RSS) can be
+/// told apart.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Relaxed);
+        BLOCKS.fetch_add(1, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        BLOCKS.fetch_sub(1, Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Relaxed);
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> (usize, usize) {
+    (LIVE.load(Relaxed), BLOCKS.load(Relaxed))
+}
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -24,7 +58,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
     let before = rss_kib();
-    let mut index = PodIndex::new();
+    let mut views = Vec::with_capacity(n);
     for i in 0..n {
         let ns = format!("ns-{}", i % 10);
         let status = json!([
@@ -45,12 +79,31 @@ fn main() {
             "status": {"phase": "Running", "podIP": "10.244.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
         });
         let lite: PodLite = serde_json::from_value(pod).unwrap();
-        index.upsert(PodView::new(lite, "kube-system"));
+        views.push(PodView::new(lite, "kube-system"));
     }
+    let (views_bytes, views_blocks) = live();
+    let mut index = PodIndex::new();
+    for view in views {
+        index.upsert(view);
+    }
+    let (bytes, blocks) = live();
     let after = rss_kib();
     println!(
         "{n} pods in the index: RSS grew by {:.1} MiB ({} bytes per pod)",
         (after - before) as f64 / 1024.0,
         (after - before) * 1024 / n as u64
+    );
+    println!(
+        "  heap: {} bytes per pod in {} blocks; of which the PodViews {} bytes in {} blocks, the index structures {} bytes in {} blocks",
+        bytes / n,
+        blocks / n,
+        views_bytes / n,
+        views_blocks / n,
+        (bytes - views_bytes) / n,
+        (blocks - views_blocks) / n
+    );
+    println!(
+        "  size_of::<PodView>() = {} bytes",
+        std::mem::size_of::<PodView>()
     );
 }

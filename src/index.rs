@@ -154,9 +154,9 @@ impl PodIndex {
                 .insert(pod.key.clone());
         }
         let labels = self.by_label.entry(pod.key.namespace.clone()).or_default();
-        for (k, v) in &pod.labels {
+        for (k, v) in pod.labels.iter() {
             labels
-                .entry((k.clone(), v.clone()))
+                .entry((k.to_string(), v.to_string()))
                 .or_default()
                 .insert(pod.key.name.clone());
         }
@@ -172,8 +172,8 @@ impl PodIndex {
             }
         }
         if let Some(labels) = self.by_label.get_mut(&pod.key.namespace) {
-            for (k, v) in &pod.labels {
-                let term = (k.clone(), v.clone());
+            for (k, v) in pod.labels.iter() {
+                let term = (k.to_string(), v.to_string());
                 if let Some(names) = labels.get_mut(&term) {
                     names.remove(&pod.key.name);
                     if names.is_empty() {
@@ -211,7 +211,11 @@ impl PodIndex {
         rarest
             .iter()
             .filter_map(|name| pods.get(name))
-            .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .filter(|p| {
+                selector
+                    .iter()
+                    .all(|(k, v)| p.labels.get(k) == Some(v.as_str()))
+            })
             .collect()
     }
 

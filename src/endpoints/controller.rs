@@ -424,7 +424,7 @@ pub fn service_watch(
 pub fn services_selecting<'a>(
     services: &Store<Service>,
     namespace: &str,
-    labels: impl IntoIterator<Item = &'a std::collections::BTreeMap<String, String>> + Clone,
+    labels: impl IntoIterator<Item = &'a crate::model::Labels> + Clone,
 ) -> Vec<ObjectKey> {
     services
         .state()
@@ -697,8 +697,7 @@ mod tests {
         for s in [(*opted_in()).clone(), other_ns, other_sel] {
             writer.apply_watcher_event(&watcher::Event::Apply(s));
         }
-        let labels =
-            std::collections::BTreeMap::from([("app".to_string(), "hostnames".to_string())]);
+        let labels = crate::model::Labels::from([("app", "hostnames")]);
         assert_eq!(
             services_selecting(&store, "default", [&labels]),
             vec![ObjectKey::new("default", "hostnames")]

@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 pub struct Selector(pub BTreeMap<String, String>);
 
 impl Selector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn matches(&self, labels: &crate::model::Labels) -> bool {
+        self.0
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
     }
 }
 
@@ -300,16 +302,13 @@ mod tests {
         for bad in ["app!=x", "app", "=x", "a=b,a=c", "Bad Key=x", "a=b c", "!a"] {
             assert!(parse_selector(bad).is_err(), "{bad}");
         }
-        let labels = BTreeMap::from([
-            ("app".into(), "hostnames".into()),
-            ("tier".into(), "web".into()),
-        ]);
+        let labels = crate::model::Labels::from([("app", "hostnames"), ("tier", "web")]);
         assert!(parse_selector("app=hostnames").unwrap().matches(&labels));
         assert!(!parse_selector("app=other").unwrap().matches(&labels));
         assert!(
             parse_selector("tier=")
                 .unwrap()
-                .matches(&BTreeMap::from([("tier".into(), String::new())]))
+                .matches(&crate::model::Labels::from([("tier", "")]))
         );
     }
 

@@ -2,9 +2,11 @@
 //! compact pod projection that both controllers and `plan` share.
 
 mod key;
+mod labels;
 pub mod nad;
 pub mod pod;
 
 pub use key::ObjectKey;
+pub use labels::Labels;
 pub use nad::NetworkAttachmentDefinition;
 pub use pod::{PodLite, PodView};

@@ -6,13 +6,12 @@
 //! is that, with its Multus annotations parsed once, on arrival.
 
 use crate::multus::{self, AnnotationError, NetworkStatus};
-use crate::{model::ObjectKey, names};
+use crate::{model::Labels, model::ObjectKey, names};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
     hash::{Hash, Hasher},
 };
 
@@ -134,7 +133,7 @@ impl AnnotationProblem {
 pub struct PodView {
     pub key: ObjectKey,
     pub uid: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Phase Succeeded or Failed: the pod will never run again.
     pub terminal: bool,
     /// Has a deletionTimestamp.
@@ -212,6 +211,7 @@ impl PodView {
                             .map(|e| e.network(&namespace)),
                     );
                     entries.retain(|e| !e.default);
+                    entries.shrink_to_fit();
                     entries
                 }
                 Err(e) => {
@@ -242,7 +242,7 @@ impl PodView {
             .filter(|p| p.name.is_some())
             .collect();
         ports.shrink_to_fit();
-        let labels = meta.labels.unwrap_or_default();
+        let labels = Labels::from(meta.labels.unwrap_or_default());
 
         PodView {
             key: ObjectKey::new(namespace, meta.name.unwrap_or_default()),
