@@ -79,6 +79,46 @@ pub async fn setup() -> Option<(Client, &'static Operator)> {
     Some((client, operator))
 }
 
+/// Panics when some other operator already acts on this cluster: a NAD
+/// created before ours starts gets our finalizer within 3 s. Tests would
+/// then pass, or fail, for that operator (and `uninstall` cannot pass).
+pub async fn assert_no_other_operator(client: &Client) {
+    let probe = TestNs::new(client, "probe").await;
+    probe.create_nad("probe").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(by) = other_operator_evidence(&probe).await {
+        panic!(
+            "another k8s-net-attach-def-controller is running against this cluster ({by}) before the one under test started: stop it first"
+        );
+    }
+}
+
+/// Evidence that something other than our operator has acted on the
+/// namespace: a NAD with our finalizer or a slice of ours, naming it.
+pub async fn other_operator_evidence(t: &TestNs) -> Option<String> {
+    let nads = t.nads().list(&ListParams::default()).await.ok()?;
+    if let Some(nad) = nads
+        .items
+        .iter()
+        .find(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
+    {
+        return Some(format!("NAD {}/{} got our finalizer", t.ns, nad.name_any()));
+    }
+    let slices = t
+        .slices_api()
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            names::LABEL_MANAGED_BY,
+            names::MANAGED_BY
+        )))
+        .await
+        .ok()?;
+    slices
+        .items
+        .first()
+        .map(|s| format!("EndpointSlice {}/{} was published", t.ns, s.name_any()))
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// How long the cleanup of a test namespace may take before it gives up.

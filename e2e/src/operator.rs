@@ -122,6 +122,9 @@ impl Operator {
                     http_addr: std::env::var("E2E_HTTP_ADDR")
                         .unwrap_or_else(|_| "127.0.0.1:18080".into()),
                 };
+                if mode == Mode::Local {
+                    crate::assert_no_other_operator(client).await;
+                }
                 op.start(client).await;
                 op
             })

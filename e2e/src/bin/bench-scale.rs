@@ -169,6 +169,15 @@ async fn main() -> anyhow::Result<()> {
             }),
     );
 
+    // Created well before our operator starts: nothing may have acted on
+    // them yet, or the figures below would be another operator's.
+    if let Some(by) = nadc_e2e::other_operator_evidence(&t).await {
+        drop(t);
+        bail!(
+            "another k8s-net-attach-def-controller is running against this cluster ({by}): stop it first"
+        );
+    }
+
     let log = std::env::temp_dir().join("nadc-bench-operator.log");
     let start = Instant::now();
     let mut cmd = Command::new(binary());
