@@ -59,17 +59,20 @@ e2e:
     kubectl config use-context kind-{{cluster}}
     cargo build --bin k8s-net-attach-def-controller
     export E2E_CONTROLLER=deployed E2E_REQUIRE_CLUSTER=1
-    cargo test -p nadc-e2e --test e2e -- --test-threads=4
+    cargo test -p nadc-e2e --test e2e -- --ignored --test-threads=4
+    cargo test -p nadc-e2e --test handover -- --ignored
     # last: it stops the operator and strips finalizers cluster-wide
-    cargo test -p nadc-e2e --test uninstall
+    cargo test -p nadc-e2e --test uninstall -- --ignored
 
 # End-to-end against the current KUBECONFIG, the operator started locally by the harness.
+# The e2e tests are #[ignore]d (they need a cluster), hence --ignored.
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e -- --test-threads=4
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test uninstall
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e -- --ignored --test-threads=4
+    E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test handover -- --ignored
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test uninstall -- --ignored
 
 # Scale benchmark against the current KUBECONFIG (see README: Testing).
 bench-scale *ARGS:
     cargo build --release --bin k8s-net-attach-def-controller
-    E2E_BINARY=target/release/k8s-net-attach-def-controller cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}
+    cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}

@@ -75,6 +75,13 @@ async fn termination() {
 }
 
 async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
+    let listener = match http::bind(args.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return fail(e);
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let identity = args
         .identity
@@ -94,7 +101,7 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     let stop = stop_rx.map(|_| ()).shared();
     let mut stop_tx = Some(stop_tx);
     let http_task = tokio::spawn(http::serve(
-        args.http_addr,
+        listener,
         http::HttpState {
             metrics: metrics.clone(),
             ready: ready_rx,

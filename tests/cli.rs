@@ -157,3 +157,58 @@ fn plan_holds_every_nad_that_multus_edge_case_annotations_use() {
         assert!(row.contains("deletion blocked"), "{row}");
     }
 }
+
+/// A kubeconfig naming an API server that is never reached: `run` must stop
+/// on its own HTTP address before it gets that far.
+fn unreachable_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: k, cluster: {server: 'http://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: c, context: {cluster: k, user: u}}]\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn run_fails_loudly_when_the_http_address_is_taken() {
+    let dir = std::env::temp_dir().join(format!("nadc-cli-port-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["run", "--leader-elect", "off", "--http-addr", &addr])
+        .arg("--kubeconfig")
+        .arg(unreachable_kubeconfig(&dir))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Before the fix it ran on without its HTTP server: give it 20 s, then fail.
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`run --http-addr {addr}` is still running 20 s after start although {addr} is taken"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains(&format!("error: cannot listen on --http-addr {addr}")),
+        "{stderr}"
+    );
+    drop(taken);
+    std::fs::remove_dir_all(dir).unwrap();
+}

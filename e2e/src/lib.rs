@@ -79,13 +79,60 @@ pub async fn setup() -> Option<(Client, &'static Operator)> {
     Some((client, operator))
 }
 
+/// Panics when some other operator already acts on this cluster: a NAD
+/// created before ours starts gets our finalizer within 3 s. Tests would
+/// then pass, or fail, for that operator (and `uninstall` cannot pass).
+pub async fn assert_no_other_operator(client: &Client) {
+    let probe = TestNs::new(client, "probe").await;
+    probe.create_nad("probe").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(by) = other_operator_evidence(&probe).await {
+        panic!(
+            "another k8s-net-attach-def-controller is running against this cluster ({by}) before the one under test started: stop it first"
+        );
+    }
+}
+
+/// Evidence that something other than our operator has acted on the
+/// namespace: a NAD with our finalizer or a slice of ours, naming it.
+pub async fn other_operator_evidence(t: &TestNs) -> Option<String> {
+    let nads = t.nads().list(&ListParams::default()).await.ok()?;
+    if let Some(nad) = nads
+        .items
+        .iter()
+        .find(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
+    {
+        return Some(format!("NAD {}/{} got our finalizer", t.ns, nad.name_any()));
+    }
+    let slices = t
+        .slices_api()
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            names::LABEL_MANAGED_BY,
+            names::MANAGED_BY
+        )))
+        .await
+        .ok()?;
+    slices
+        .items
+        .first()
+        .map(|s| format!("EndpointSlice {}/{} was published", t.ns, s.name_any()))
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// How long the cleanup of a test namespace may take before it gives up.
+pub const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
 
 /// A namespace of one test; deleted, with our finalizers stripped from its
 /// NADs, when dropped (also on panic).
 pub struct TestNs {
     pub client: Client,
     pub ns: String,
+    /// Where the cleanup connects. It builds its own client from this: the
+    /// test's client cannot be used from Drop (see `cleanup_namespace`).
+    cleanup_config: kube::Config,
+    cleanup_limit: Duration,
 }
 
 impl TestNs {
@@ -117,9 +164,25 @@ impl TestNs {
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => panic!("create the default ServiceAccount: {e}"),
         }
+        let cleanup_config = kube::Config::infer()
+            .await
+            .expect("the kubeconfig the test's client came from");
+        TestNs::with_cleanup(client.clone(), ns, cleanup_config, CLEANUP_LIMIT)
+    }
+
+    /// A TestNs over an existing namespace `ns`, cleaned up through
+    /// `cleanup_config` within `cleanup_limit` when dropped.
+    pub fn with_cleanup(
+        client: Client,
+        ns: String,
+        cleanup_config: kube::Config,
+        cleanup_limit: Duration,
+    ) -> Self {
         TestNs {
-            client: client.clone(),
+            client,
             ns,
+            cleanup_config,
+            cleanup_limit,
         }
     }
 
@@ -313,49 +376,97 @@ impl TestNs {
         Some(n.finalizers().iter().any(|f| f == names::FINALIZER))
     }
 
-    async fn cleanup(client: Client, ns: String) {
-        let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns);
-        if let Ok(list) = nads.list_metadata(&ListParams::default()).await {
-            for nad in list.items {
-                if let Some(patch) = nadc::protection::decide::remove_finalizer_patch(
-                    nad.uid().as_deref(),
-                    nad.finalizers(),
-                ) {
-                    let _ = nads
-                        .patch_metadata(
-                            &nad.name_any(),
-                            &PatchParams::default(),
-                            &Patch::<()>::Json(patch),
-                        )
-                        .await;
-                }
+    /// Strips our finalizers from the namespace's NADs, deletes its pods and
+    /// the namespace. Errors other than "already gone" are returned.
+    async fn cleanup(client: Client, ns: &str) -> Result<(), kube::Error> {
+        let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), ns);
+        for nad in nads.list_metadata(&ListParams::default()).await?.items {
+            if let Some(patch) = nadc::protection::decide::remove_finalizer_patch(
+                nad.uid().as_deref(),
+                nad.finalizers(),
+            ) {
+                let _ = nads
+                    .patch_metadata(
+                        &nad.name_any(),
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(patch),
+                    )
+                    .await;
             }
         }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             ..Default::default()
         };
+        // The namespace deletion takes the pods too; this only speeds it up.
         let _ = pods.delete_collection(&dp, &ListParams::default()).await;
-        let _ = Api::<Namespace>::all(client)
-            .delete(&ns, &DeleteParams::default())
-            .await;
+        match Api::<Namespace>::all(client)
+            .delete(ns, &DeleteParams::default())
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
     }
+}
+
+/// Cleans up namespace `ns` from a thread of its own, with a runtime and a
+/// client of its own, and gives up after `limit`.
+///
+/// Drop runs on the test's runtime thread, often while a panic unwinds. A
+/// kube `Client` sends every request to a worker task on the runtime that
+/// created it, so the test's client would wait for the very runtime that
+/// Drop is blocking: it hung forever. A client built here has its worker
+/// here.
+pub fn cleanup_namespace(config: kube::Config, ns: String, limit: Duration) -> Result<(), String> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let thread_ns = ns.clone();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = done_tx.send(Err(format!("cannot build a runtime: {e}")));
+                return;
+            }
+        };
+        let result = runtime.block_on(async move {
+            let work = async {
+                let client = Client::try_from(config).map_err(|e| e.to_string())?;
+                TestNs::cleanup(client, &thread_ns)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
+        });
+        let _ = done_tx.send(result);
+        // Blocking DNS lookups or the like must not hold this thread either.
+        runtime.shutdown_background();
+    });
+    // The thread bounds itself; this bound is for a runtime that would not.
+    done_rx
+        .recv_timeout(limit + Duration::from_secs(5))
+        .unwrap_or_else(|_| Err(format!("the cleanup thread did not end within {limit:?}")))
+        .map_err(|e| format!("could not clean up namespace {ns}: {e}"))
 }
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let (client, ns) = (self.client.clone(), self.ns.clone());
-        // A fresh runtime on a fresh thread: Drop may run inside the test's
-        // runtime, and during a panic.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(TestNs::cleanup(client, ns))
-        })
-        .join();
+        let result = cleanup_namespace(
+            self.cleanup_config.clone(),
+            self.ns.clone(),
+            self.cleanup_limit,
+        );
+        if let Err(e) = result {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{e}");
+        }
     }
 }
 
@@ -402,5 +513,138 @@ where
     while start.elapsed() < period {
         assert!(check().await, "no longer true: {what}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A stand-in API server on loopback: answers every request with an
+    /// empty list (GET) or a success Status, and records the request lines.
+    fn fake_api_server() -> (kube::Config, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let log = log.clone();
+                std::thread::spawn(move || serve_connection(stream, &log));
+            }
+        });
+        (kube::Config::new(url.parse().unwrap()), seen)
+    }
+
+    fn serve_connection(stream: std::net::TcpStream, log: &Mutex<Vec<String>>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut out = stream;
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                    return;
+                }
+                if header == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = header.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            log.lock().unwrap().push(request_line.trim().to_string());
+            let reply = if request_line.starts_with("GET") {
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})
+            } else {
+                json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "code": 200})
+            }
+            .to_string();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                reply.len()
+            );
+            if out.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Runs `body` as a test would: on a current-thread runtime of its own
+    /// thread. Returns whether it panicked, or None if it had not ended
+    /// within `bound` (the thread is then left behind).
+    fn run_test_body(
+        bound: Duration,
+        body: impl Future<Output = ()> + Send + 'static,
+    ) -> Option<bool> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(body)
+            }));
+            let _ = tx.send(outcome.is_err());
+        });
+        rx.recv_timeout(bound).ok()
+    }
+
+    #[test]
+    fn a_test_that_panics_ends_and_its_namespace_is_still_deleted() {
+        let (config, seen) = fake_api_server();
+        let ended = run_test_body(Duration::from_secs(20), async move {
+            // The test's client, whose worker runs on the test's runtime:
+            // the runtime that is blocked in Drop while the panic unwinds.
+            let client = Client::try_from(config.clone()).unwrap();
+            let _t = TestNs::with_cleanup(client, "e2e-panics".into(), config, CLEANUP_LIMIT);
+            panic!("on purpose: the cleanup must still run and end");
+        });
+        assert_eq!(
+            ended,
+            Some(true),
+            "the panicking test body hung in TestNs' Drop"
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().any(|r| {
+                let mut parts = r.split_whitespace();
+                parts.next() == Some("DELETE")
+                    && parts.next().and_then(|p| p.split('?').next())
+                        == Some("/api/v1/namespaces/e2e-panics")
+            }),
+            "the namespace was not deleted: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_cleanup_against_an_api_server_that_never_answers_gives_up_in_time() {
+        // Accepts connections (the kernel's backlog does) and never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = kube::Config::new(
+            format!("http://{}", silent.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+        );
+        let start = Instant::now();
+        let result = cleanup_namespace(config, "e2e-silent".into(), Duration::from_secs(2));
+        let took = start.elapsed();
+        let err = result.unwrap_err();
+        assert!(err.contains("timed out after 2s"), "{err}");
+        assert!(took < Duration::from_secs(6), "took {took:?}");
+        drop(silent);
     }
 }

@@ -35,15 +35,76 @@ pub struct Operator {
 
 static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
 
-/// The binary the local mode runs: `E2E_BINARY`, else the workspace's debug build.
+/// The binary the local mode runs: `E2E_BINARY`, else the operator built
+/// beside this executable (same target directory and profile, so
+/// `CARGO_TARGET_DIR` and `--release` are followed).
 pub fn binary() -> PathBuf {
-    std::env::var_os("E2E_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/debug/k8s-net-attach-def-controller")
-        })
+    if let Some(path) = std::env::var_os("E2E_BINARY") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the path of this executable");
+    let mut dir = exe.parent().expect("the executable's directory");
+    // Test binaries live in <profile>/deps, other binaries in <profile>.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("the profile directory");
+    }
+    dir.join("k8s-net-attach-def-controller")
 }
+
+type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `cmd` so that it cannot outlive this process, even when this
+/// process is killed with SIGKILL: on Linux the child asks the kernel for a
+/// SIGKILL when its parent goes (prctl PR_SET_PDEATHSIG).
+///
+/// The kernel's "parent" is the thread that forked, and the test harness
+/// runs each test on a thread that ends with the test, so children are
+/// forked by one thread that lives as long as the process.
+pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: std::sync::OnceLock<std::sync::mpsc::Sender<SpawnRequest>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("e2e-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    tie_to_this_process(&mut cmd);
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        tx
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    spawner
+        .send((cmd, reply_tx))
+        .expect("the spawner thread is running");
+    reply_rx.recv().expect("the spawner thread answers")
+}
+
+#[cfg(target_os = "linux")]
+fn tie_to_this_process(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (prctl, getppid), and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tie_to_this_process(_: &mut Command) {}
 
 impl Operator {
     pub async fn ensure(client: &Client) -> &'static Operator {
@@ -61,6 +122,9 @@ impl Operator {
                     http_addr: std::env::var("E2E_HTTP_ADDR")
                         .unwrap_or_else(|_| "127.0.0.1:18080".into()),
                 };
+                if mode == Mode::Local {
+                    crate::assert_no_other_operator(client).await;
+                }
                 op.start(client).await;
                 op
             })
@@ -84,24 +148,24 @@ impl Operator {
                     .append(true)
                     .open(&log)
                     .unwrap();
-                let child = Command::new(&bin)
-                    .args([
-                        "run",
-                        "--leader-elect",
-                        "off",
-                        "--http-addr",
-                        &self.http_addr,
-                    ])
-                    .env(
-                        "RUST_LOG",
-                        std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
-                    )
-                    .stdout(out.try_clone().unwrap())
-                    .stderr(out)
-                    .spawn()
-                    .expect("start the operator");
-                // A watchdog ends the operator when this test process ends;
-                // it outlives us on purpose, so it is never waited for.
+                let mut cmd = Command::new(&bin);
+                cmd.args([
+                    "run",
+                    "--leader-elect",
+                    "off",
+                    "--http-addr",
+                    &self.http_addr,
+                ])
+                .env(
+                    "RUST_LOG",
+                    std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(out.try_clone().unwrap())
+                .stderr(out);
+                let child = spawn_tied(cmd).expect("start the operator");
+                // Besides the kernel's parent-death signal (Linux only), a
+                // watchdog ends the operator when this test process ends; it
+                // outlives us on purpose, so it is never waited for.
                 #[allow(clippy::zombie_processes)]
                 Command::new("sh")
                     .arg("-c")
@@ -297,4 +361,80 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    const HELPER_ENV: &str = "NADC_E2E_TIED_CHILD_HELPER";
+
+    /// Whether `pid` still runs (a zombie, dead but not yet reaped, does not).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    }
+
+    /// Not a test on its own: run by the test below as a separate process
+    /// (this test binary, with HELPER_ENV set). Starts a tied `sleep` from a
+    /// thread that then ends, prints its pid, and waits to be killed.
+    #[test]
+    fn tied_child_helper() {
+        if std::env::var_os(HELPER_ENV).is_none() {
+            return;
+        }
+        let child = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("300");
+            spawn_tied(cmd).unwrap()
+        })
+        .join()
+        .unwrap();
+        println!("child {}", child.id());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn a_tied_child_outlives_its_spawning_thread_and_dies_with_a_sigkilled_parent() {
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "operator::tests::tied_child_helper",
+                "--nocapture",
+            ])
+            .env(HELPER_ENV, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(helper.stdout.take().unwrap());
+        let pid: u32 = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
+            .expect("the helper prints its child's pid");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            running(pid),
+            "the child died with the thread that started it"
+        );
+        helper.kill().unwrap(); // SIGKILL: no handler, no destructor runs
+        helper.wait().unwrap();
+        let start = Instant::now();
+        while running(pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the child {pid} outlived its SIGKILLed parent by 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

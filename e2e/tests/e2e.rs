@@ -1,6 +1,8 @@
 //! End-to-end scenarios against the cluster in KUBECONFIG. Each test has its
-//! own namespace and runs in parallel with the others. Without a cluster,
-//! each prints one SKIPPED line and passes (E2E_REQUIRE_CLUSTER=1 fails instead).
+//! own namespace and runs in parallel with the others. They need a cluster,
+//! so they are `#[ignore]`d: `just e2e-local` / `just e2e` run them with
+//! `-- --ignored` and E2E_REQUIRE_CLUSTER=1, which turns "no cluster" into a
+//! failure (without it, each prints one SKIPPED line and returns).
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -39,6 +41,7 @@ async fn web_behind_service(t: &TestNs, ips: &[&str], spec: serde_json::Value) {
 /// The seed's first walkthrough, selector-annotation form: the Service gets a
 /// slice with the pod's br0 address and a SecondaryEndpointsUpdated Event.
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn seed_secondary_endpoints() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -92,6 +95,7 @@ async fn seed_secondary_endpoints() {
 /// (annotation `foo-network, foo-network`) leaves it Terminating with the
 /// same UID until the pod goes; then it disappears.
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn seed_nad_in_use_is_not_deleted() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -140,6 +144,7 @@ async fn seed_nad_in_use_is_not_deleted() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_nad_created_after_its_pod_is_protected() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -165,6 +170,7 @@ async fn a_nad_created_after_its_pod_is_protected() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_terminal_pod_does_not_block_deletion() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -195,6 +201,7 @@ async fn a_terminal_pod_does_not_block_deletion() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn the_default_network_annotation_protects() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -221,6 +228,7 @@ async fn the_default_network_annotation_protects() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn an_invalid_annotation_warns_and_blocks_nothing_else() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -254,6 +262,7 @@ async fn an_invalid_annotation_warns_and_blocks_nothing_else() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn services_opt_in_and_out() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -296,6 +305,7 @@ async fn services_opt_in_and_out() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_spec_selector_is_a_conflict() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -325,6 +335,7 @@ async fn a_spec_selector_is_a_conflict() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_readiness_flip_moves_the_endpoint() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -348,6 +359,7 @@ async fn a_readiness_flip_moves_the_endpoint() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn dual_stack_addresses_split_by_family() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -397,6 +409,7 @@ async fn dual_stack_addresses_split_by_family() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_named_target_port_is_resolved_per_pod() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -418,6 +431,7 @@ async fn a_named_target_port_is_resolved_per_pod() {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn two_hundred_fifty_pods_fill_three_slices() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -457,6 +471,7 @@ async fn two_hundred_fifty_pods_fill_three_slices() {
 /// The operator dies while a deletion is blocked; its successor, with no
 /// memory of it, still releases the NAD once the pod goes.
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_restart_during_a_blocked_deletion_still_releases() {
     let Some((client, op)) = setup().await else {
         return;

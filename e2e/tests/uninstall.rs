@@ -9,6 +9,7 @@ use nadc_e2e::{TestNs, eventually, operator, setup};
 use serde_json::json;
 
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn release_finalizers_leaves_no_nad_with_our_finalizer() {
     let Some((client, op)) = setup().await else {
         return;

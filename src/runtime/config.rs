@@ -40,9 +40,11 @@ pub enum Command {
 pub enum LeaderElect {
     /// On when running in a cluster (KUBERNETES_SERVICE_HOST is set), off otherwise.
     Auto,
-    /// Always compete for the Lease.
+    /// Always compete for the Lease (also `true`, kube-controller-manager's spelling).
+    #[value(alias = "true")]
     On,
-    /// Reconcile without a Lease (one replica only).
+    /// Reconcile without a Lease (one replica only; also `false`).
+    #[value(alias = "false")]
     Off,
 }
 
@@ -166,6 +168,25 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "run", "--max-endpoints-per-slice", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "run", "--max-endpoints-per-slice", "1001"]).is_err());
         assert!(Cli::try_parse_from(["x", "run", "--http-addr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn leader_elect_takes_true_and_false_as_kube_controller_manager_does() {
+        let parse = |v: &str| {
+            let Command::Run(run) = Cli::try_parse_from(["x", "run", "--leader-elect", v])
+                .unwrap_or_else(|e| panic!("--leader-elect {v}: {e}"))
+                .command
+            else {
+                panic!()
+            };
+            run.leader_elect
+        };
+        assert_eq!(parse("true"), LeaderElect::On);
+        assert_eq!(parse("on"), LeaderElect::On);
+        assert_eq!(parse("false"), LeaderElect::Off);
+        assert_eq!(parse("off"), LeaderElect::Off);
+        assert_eq!(parse("auto"), LeaderElect::Auto);
+        assert!(Cli::try_parse_from(["x", "run", "--leader-elect", "yes"]).is_err());
     }
 
     #[test]

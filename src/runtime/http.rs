@@ -43,12 +43,23 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+/// Binds the HTTP address. Done before anything else starts, so that a port
+/// already in use stops the process with a clear error instead of leaving it
+/// running without probes or metrics.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on --http-addr {addr}: {e} (is another process using it? choose another address with --http-addr or HTTP_ADDR)"
+        )
+    })
+}
+
 pub async fn serve(
-    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
@@ -74,6 +85,14 @@ mod tests {
         let status = res.status();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn binding_a_taken_address_names_the_flag() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("--http-addr {addr}")), "{err}");
     }
 
     #[tokio::test]

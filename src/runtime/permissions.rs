@@ -48,6 +48,6 @@ pub const CLUSTER: &[Permission] = &[
 pub const LEADER_ELECTION: Permission = Permission {
     group: "coordination.k8s.io",
     resource: "leases",
-    verbs: &["get", "create", "patch"],
-    used_by: "kube-lease-manager (get, create once, renew by server-side apply)",
+    verbs: &["get", "list", "watch", "create", "patch"],
+    used_by: "kube-lease-manager (get, create once, renew by server-side apply); a standby watches the Lease to take over as soon as it is released",
 };

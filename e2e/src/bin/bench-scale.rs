@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use nadc::model::NetworkAttachmentDefinition;
 use nadc::names;
-use nadc_e2e::operator::{binary, http_get};
+use nadc_e2e::operator::{binary, http_get, spawn_tied};
 use nadc_e2e::{TestNs, status_entries};
 use serde_json::json;
 use std::collections::HashMap;
@@ -169,20 +169,30 @@ async fn main() -> anyhow::Result<()> {
             }),
     );
 
+    // Created well before our operator starts: nothing may have acted on
+    // them yet, or the figures below would be another operator's.
+    if let Some(by) = nadc_e2e::other_operator_evidence(&t).await {
+        drop(t);
+        bail!(
+            "another k8s-net-attach-def-controller is running against this cluster ({by}): stop it first"
+        );
+    }
+
     let log = std::env::temp_dir().join("nadc-bench-operator.log");
     let start = Instant::now();
-    let mut operator = Command::new(binary())
-        .args([
-            "run",
-            "--leader-elect",
-            "off",
-            "--http-addr",
-            &args.http_addr,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "run",
+        "--leader-elect",
+        "off",
+        "--http-addr",
+        &args.http_addr,
+    ])
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log)?);
+    // Tied to this process: it dies with the benchmark, however that ends.
+    let mut operator = spawn_tied(cmd)
         .context("start the operator (cargo build --release first; E2E_BINARY picks the binary)")?;
     let pid = operator.id();
 
