@@ -59,7 +59,7 @@ e2e:
     kubectl config use-context kind-{{cluster}}
     cargo build --bin k8s-net-attach-def-controller
     export E2E_CONTROLLER=deployed E2E_REQUIRE_CLUSTER=1
-    cargo test -p nadc-e2e --test e2e -- --ignored --test-threads=4
+    cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
     cargo test -p nadc-e2e --test handover -- --ignored
     # last: it stops the operator and strips finalizers cluster-wide
     cargo test -p nadc-e2e --test uninstall -- --ignored
@@ -68,7 +68,7 @@ e2e:
 # The e2e tests are #[ignore]d (they need a cluster), hence --ignored.
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e -- --ignored --test-threads=4
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
     E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test handover -- --ignored
     E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test uninstall -- --ignored
 
