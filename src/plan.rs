@@ -753,6 +753,7 @@ mod tests {
         let ctx = Arc::new(crate::endpoints::controller::Context::new(
             shared.clone(),
             store,
+            fixtures::synced_store([]),
         ));
         let svc = snapshot
             .services
