@@ -10,7 +10,7 @@ use kube::Resource;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct NetworkAttachmentDefinition {
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,6 +23,22 @@ pub struct NetworkAttachmentDefinitionSpec {
     /// looks for a file named after the NAD on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+}
+
+/// Written with its `apiVersion` and `kind`, which the API server requires
+/// of a created object (the fields are not stored: they are constants).
+impl Serialize for NetworkAttachmentDefinition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("NetworkAttachmentDefinition", 4)?;
+        out.serialize_field("apiVersion", &Self::api_version(&()))?;
+        out.serialize_field("kind", &Self::kind(&()))?;
+        out.serialize_field("metadata", &self.metadata)?;
+        if let Some(spec) = &self.spec {
+            out.serialize_field("spec", spec)?;
+        }
+        out.end()
+    }
 }
 
 impl Resource for NetworkAttachmentDefinition {
@@ -62,6 +78,16 @@ mod tests {
         assert_eq!(
             url,
             "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions"
+        );
+    }
+
+    #[test]
+    fn a_nad_serializes_with_its_api_version_and_kind() {
+        let mut nad = NetworkAttachmentDefinition::default();
+        nad.metadata.name = Some("a".into());
+        assert_eq!(
+            serde_json::to_value(&nad).unwrap(),
+            serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": "a"}})
         );
     }
 
