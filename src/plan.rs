@@ -695,7 +695,7 @@ mod tests {
     #[test]
     fn the_plan_shows_the_cleanup_of_kubernetes_leftovers_and_warns_of_foreign_slices() {
         let mut snapshot = seed();
-        let leftovers = ["hostnames-kube:endpointslice-controller.k8s.io", "hostnames-mirror:endpointslicemirroring-controller.k8s.io", "hostnames-lb:example.com/lb"]
+        let leftovers = ["hostnames-kube:endpointslice-controller.k8s.io", "hostnames-mirror:endpointslicemirroring-controller.k8s.io", "hostnames-lb:lb.example.com"]
             .iter()
             .map(|pair| {
                 let (name, manager) = pair.split_once(':').unwrap();
@@ -708,7 +708,7 @@ mod tests {
         let table = render_table(&report, &snapshot);
         assert!(table.contains("  delete EndpointSlice hostnames-kube  (left by Kubernetes' EndpointSlice controller)"), "{table}");
         assert!(table.contains("  label Endpoints hostnames endpointslice.kubernetes.io/skip-mirror=true  (Kubernetes then deletes its mirrored hostnames-mirror)"), "{table}");
-        assert!(table.contains("  leave EndpointSlice hostnames-lb  (managed by example.com/lb: the Service is mixed)"), "{table}");
+        assert!(table.contains("  leave EndpointSlice hostnames-lb  (managed by lb.example.com: the Service is mixed)"), "{table}");
         let foreign: Vec<&Warning> = report
             .warnings
             .iter()

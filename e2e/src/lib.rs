@@ -381,15 +381,21 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let (client, ns) = (self.client.clone(), self.ns.clone());
+        let ns = self.ns.clone();
         // A fresh runtime on a fresh thread: Drop may run inside the test's
-        // runtime, and during a panic.
+        // runtime, and during a panic. And a fresh client: the test's one
+        // sends through a task of the test's runtime, which is blocked here
+        // until the cleanup ends.
         let _ = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(TestNs::cleanup(client, ns))
+                .block_on(async move {
+                    if let Ok(client) = Client::try_default().await {
+                        TestNs::cleanup(client, ns).await
+                    }
+                })
         })
         .join();
     }

@@ -1049,7 +1049,7 @@ mod tests {
             &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
             &[slice],
             &[
-                other_slice("hostnames-lb", Some("example.com/lb")),
+                other_slice("hostnames-lb", Some("lb.example.com")),
                 other_slice("hostnames-hand", None),
             ],
         );
@@ -1064,7 +1064,7 @@ mod tests {
         );
         let note = event["note"].as_str().unwrap();
         assert!(
-            note.contains("hostnames-lb (managed by example.com/lb)"),
+            note.contains("hostnames-lb (managed by lb.example.com)"),
             "{note}"
         );
         assert!(note.contains("hostnames-hand"), "{note}");
@@ -1087,7 +1087,7 @@ mod tests {
         let others = [
             other_slice("hostnames-kube", Some(names::KUBERNETES_SLICE_MANAGER)),
             other_slice("hostnames-mirror", Some(names::MIRRORING_SLICE_MANAGER)),
-            other_slice("hostnames-lb", Some("example.com/lb")),
+            other_slice("hostnames-lb", Some("lb.example.com")),
         ];
         let (ctx, mut api) = context_with_others(&[], &[], &others);
         let task = tokio::spawn(reconcile(conflicting, ctx.clone()));

@@ -210,7 +210,7 @@ mod tests {
             meta("mig-ours", "mig", Some(names::MANAGED_BY)),
             meta("mig-kube", "mig", Some(names::KUBERNETES_SLICE_MANAGER)),
             meta("mig-mirror", "mig", Some(names::MIRRORING_SLICE_MANAGER)),
-            meta("mig-other", "mig", Some("example.com/lb")),
+            meta("mig-other", "mig", Some("lb.example.com")),
             meta("mig-bare", "mig", None),
         ]
     }
@@ -257,7 +257,7 @@ mod tests {
     fn slices_of_other_services_or_namespaces_are_ignored() {
         let mut elsewhere = meta("mig-x", "mig", Some(names::KUBERNETES_SLICE_MANAGER));
         elsewhere.namespace = Some("other".into());
-        let mut unlabelled = meta("mig-y", "mig", Some("example.com/lb"));
+        let mut unlabelled = meta("mig-y", "mig", Some("lb.example.com"));
         unlabelled
             .labels
             .as_mut()
@@ -296,7 +296,7 @@ mod tests {
     fn the_foreign_warning_names_each_slice_and_its_manager_and_what_to_do() {
         let c = plan_cleanup(&classify_service_slices(&svc(json!({})), &migrated()));
         let m = foreign_message("mig", &c.foreign, "default/br0");
-        assert!(m.contains("mig-other (managed by example.com/lb)"), "{m}");
+        assert!(m.contains("mig-other (managed by lb.example.com)"), "{m}");
         assert!(
             m.contains("mig-bare (no endpointslice.kubernetes.io/managed-by label)"),
             "{m}"
