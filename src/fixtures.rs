@@ -167,3 +167,22 @@ pub fn pod_view(json: Value) -> crate::model::PodView {
         crate::names::DEFAULT_MULTUS_NAMESPACE,
     )
 }
+
+/// A reflector store that has seen a complete list of `items`, as a synced
+/// watch leaves it.
+pub fn synced_store<K>(items: impl IntoIterator<Item = K>) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    use kube::runtime::watcher::Event;
+    let (store, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    for item in items {
+        writer.apply_watcher_event(&Event::InitApply(item));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    // The store reports ready only while its writer lives.
+    std::mem::forget(writer);
+    store
+}

@@ -47,6 +47,19 @@ pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const ANNOTATION_LAST_CHANGE: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
+/// `managed-by` of the slices Kubernetes' EndpointSlice controller writes for
+/// a Service with `spec.selector`. It never updates or deletes them once the
+/// selector is gone (kubernetes/kubernetes#118376).
+pub const KUBERNETES_SLICE_MANAGER: &str = "endpointslice-controller.k8s.io";
+
+/// `managed-by` of the slices Kubernetes' EndpointSliceMirroring controller
+/// copies from a selectorless Service's legacy Endpoints object.
+pub const MIRRORING_SLICE_MANAGER: &str = "endpointslicemirroring-controller.k8s.io";
+
+/// Endpoints label that tells the mirroring controller not to mirror it (and
+/// to delete the slices it mirrored from it).
+pub const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
 /// Event reasons, as they appear in `kubectl describe`.
 pub mod reasons {
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
@@ -56,6 +69,9 @@ pub mod reasons {
     pub const SELECTOR_CONFLICT: &str = "SelectorConflict";
     pub const UNSUPPORTED_SERVICE: &str = "UnsupportedService";
     pub const SECONDARY_ENDPOINTS_UPDATED: &str = "SecondaryEndpointsUpdated";
+    pub const STALE_ENDPOINT_SLICES_DELETED: &str = "StaleEndpointSlicesDeleted";
+    pub const ENDPOINTS_MIRRORING_STOPPED: &str = "EndpointsMirroringStopped";
+    pub const FOREIGN_ENDPOINT_SLICES: &str = "ForeignEndpointSlices";
 }
 
 /// Default Multus namespace: where a namespace-less default-network lives.

@@ -3,8 +3,9 @@
 //! the controllers run (`decide`, `decide_service`), so the plan and the live
 //! behaviour cannot drift apart.
 
-use crate::endpoints::controller::{ServiceDecision, decide_service, is_ours_for};
+use crate::endpoints::controller::{ServiceDecision, decide_cleanup, decide_service, is_ours_for};
 use crate::endpoints::intent::Intent;
+use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
@@ -199,6 +200,8 @@ pub struct ServicePlan {
     pub decision: ServiceDecision,
     /// Slices after the plan is applied (creates get placeholder names).
     pub result: Vec<EndpointSlice>,
+    /// What happens to the other slices under the Service's name.
+    pub cleanup: Cleanup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +311,24 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                     message: message.clone(),
                 });
             }
+            let cleanup = decide_cleanup(
+                svc,
+                &decision.intent,
+                snapshot.slices.iter().map(|s| &s.metadata),
+            );
+            if let (Intent::OptedIn { network, .. }, false) =
+                (&decision.intent, cleanup.foreign.is_empty())
+            {
+                warnings.push(Warning {
+                    reason: names::reasons::FOREIGN_ENDPOINT_SLICES.to_string(),
+                    object: format!("Service {key}"),
+                    message: leftovers::foreign_message(
+                        &key.name,
+                        &cleanup.foreign,
+                        &network.to_string(),
+                    ),
+                });
+            }
             if decision.intent == Intent::NotOptedIn && decision.plan.is_empty() {
                 return None;
             }
@@ -320,6 +341,7 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                 key,
                 decision,
                 result,
+                cleanup,
             })
         })
         .collect();
@@ -536,6 +558,36 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
                 slice.metadata.name.as_deref().unwrap_or_default()
             );
         }
+        for slice in &s.cleanup.delete {
+            let _ = writeln!(
+                out,
+                "  delete EndpointSlice {}  (left by Kubernetes' EndpointSlice controller)",
+                slice.name
+            );
+        }
+        if !s.cleanup.stop_mirroring.is_empty() {
+            let mirrored: Vec<&str> = s
+                .cleanup
+                .stop_mirroring
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  label Endpoints {} {}=true  (Kubernetes then deletes its mirrored {})",
+                s.key.name,
+                names::LABEL_SKIP_MIRROR,
+                mirrored.join(", ")
+            );
+        }
+        for slice in &s.cleanup.foreign {
+            let _ = writeln!(
+                out,
+                "  leave EndpointSlice {}  (managed by {}: the Service is mixed)",
+                slice.name,
+                slice.manager.as_deref().unwrap_or("nobody")
+            );
+        }
     }
     let _ = writeln!(out, "\nWARNINGS");
     if report.warnings.is_empty() {
@@ -627,6 +679,22 @@ pub fn render_yaml(report: &Report) -> Result<String, String> {
                 slice.metadata.name.as_deref().unwrap_or_default()
             );
         }
+        for slice in &s.cleanup.delete {
+            let _ = writeln!(
+                comments,
+                "# delete: EndpointSlice {}/{} (left by Kubernetes' EndpointSlice controller)",
+                s.key.namespace, slice.name
+            );
+        }
+        if !s.cleanup.stop_mirroring.is_empty() {
+            let _ = writeln!(
+                comments,
+                "# label: Endpoints {}/{} {}=true",
+                s.key.namespace,
+                s.key.name,
+                names::LABEL_SKIP_MIRROR
+            );
+        }
     }
     let body = if docs.is_empty() {
         String::new()
@@ -679,6 +747,44 @@ mod tests {
         let mut s = Snapshot::default();
         s.add_yaml("seed-cluster.yaml", SEED).unwrap();
         s
+    }
+
+    /// The hostnames Service after a migration: the other slices under its
+    /// name get the cleanup the controller would apply.
+    #[test]
+    fn the_plan_shows_the_cleanup_of_kubernetes_leftovers_and_warns_of_foreign_slices() {
+        let mut snapshot = seed();
+        let leftovers = ["hostnames-kube:endpointslice-controller.k8s.io", "hostnames-mirror:endpointslicemirroring-controller.k8s.io", "hostnames-lb:lb.example.com"]
+            .iter()
+            .map(|pair| {
+                let (name, manager) = pair.split_once(':').unwrap();
+                format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  uid: uid-{name}\n  labels:\n    kubernetes.io/service-name: hostnames\n    endpointslice.kubernetes.io/managed-by: {manager}\naddressType: IPv4\nendpoints:\n- addresses: [10.244.9.9]\n")
+            })
+            .collect::<Vec<_>>()
+            .join("---\n");
+        snapshot.add_yaml("leftovers.yaml", &leftovers).unwrap();
+        let report = plan(&snapshot, "kube-system", 100);
+        let table = render_table(&report, &snapshot);
+        assert!(table.contains("  delete EndpointSlice hostnames-kube  (left by Kubernetes' EndpointSlice controller)"), "{table}");
+        assert!(table.contains("  label Endpoints hostnames endpointslice.kubernetes.io/skip-mirror=true  (Kubernetes then deletes its mirrored hostnames-mirror)"), "{table}");
+        assert!(table.contains("  leave EndpointSlice hostnames-lb  (managed by lb.example.com: the Service is mixed)"), "{table}");
+        let foreign: Vec<&Warning> = report
+            .warnings
+            .iter()
+            .filter(|w| w.reason == names::reasons::FOREIGN_ENDPOINT_SLICES)
+            .collect();
+        assert_eq!(foreign.len(), 1);
+        assert_eq!(foreign[0].object, "Service default/hostnames");
+        assert!(foreign[0].message.contains("hostnames-lb"));
+        let legacy = report
+            .services
+            .iter()
+            .find(|s| s.key.name == "hostnames-legacy")
+            .unwrap();
+        assert!(
+            legacy.cleanup.is_empty(),
+            "a refused Service's slices are never cleaned up"
+        );
     }
 
     #[test]
@@ -853,6 +959,7 @@ mod tests {
         let ctx = Arc::new(crate::endpoints::controller::Context::new(
             shared.clone(),
             store,
+            fixtures::synced_store([]),
         ));
         let svc = snapshot
             .services

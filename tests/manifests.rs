@@ -181,6 +181,37 @@ fn every_overlay_renders_with_least_privilege_rbac_and_a_hardened_deployment() {
     }
 }
 
+/// What our slices carry decides a permission the code never calls:
+/// OwnerReferencesPermissionEnforcement admits an owner reference with
+/// blockOwnerDeletion only from a user who may update the owner's finalizers.
+#[test]
+fn the_owner_reference_of_our_slices_is_admitted_under_owner_references_enforcement() {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "u"}
+    }))
+    .unwrap();
+    let owner = nadc::endpoints::slices::SliceOwner::of(&svc).owner_reference();
+    let needs_finalizers = owner.block_owner_deletion == Some(true);
+    let Some(docs) = render("kustomize/base") else {
+        return;
+    };
+    let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole");
+    let grants = roles[0].rules.iter().flatten().any(|r| {
+        r.api_groups.iter().flatten().any(|g| g.is_empty())
+            && r.resources
+                .iter()
+                .flatten()
+                .any(|x| x == &format!("{}s/finalizers", owner.kind.to_lowercase()))
+            && r.verbs.iter().any(|v| v == "update")
+    });
+    assert!(
+        !needs_finalizers || grants,
+        "slices set blockOwnerDeletion on their {} owner, but the ClusterRole lacks update on {}s/finalizers: every create would be forbidden",
+        owner.kind,
+        owner.kind.to_lowercase()
+    );
+}
+
 #[test]
 fn each_overlay_does_what_it_promises() {
     let Some(ha) = render("kustomize/overlays/ha") else {

@@ -11,7 +11,7 @@
 pub mod operator;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -198,6 +198,9 @@ impl TestNs {
     pub fn slices_api(&self) -> Api<EndpointSlice> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
+    pub fn endpoints_api(&self) -> Api<Endpoints> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
 
     pub async fn create_nad(&self, name: &str) -> NetworkAttachmentDefinition {
         let config = json!({"cniVersion": "0.3.1", "name": name, "type": "bridge", "bridge": "br-e2e",
@@ -240,6 +243,15 @@ impl TestNs {
             .patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
             .await
             .expect("patch pod status");
+    }
+
+    /// Plays the kubelet and the primary CNI: the pod's primary IP, through pods/status.
+    pub async fn set_pod_ip(&self, name: &str, ip: &str) {
+        let status = json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+        self.pods()
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
+            .await
+            .expect("patch pod IP");
     }
 
     /// Plays Multus: writes the network-status annotation.
@@ -291,10 +303,35 @@ impl TestNs {
             .items
     }
 
-    /// Addresses published for a Service, sorted, with their ready condition.
+    /// Every EndpointSlice labelled with the Service's name, whoever manages
+    /// it: what kube-proxy and CoreDNS read for the Service.
+    pub async fn served_slices(&self, service: &str) -> Vec<EndpointSlice> {
+        let lp = ListParams::default().labels(&format!("{}={service}", names::LABEL_SERVICE_NAME));
+        self.slices_api()
+            .list(&lp)
+            .await
+            .expect("list slices")
+            .items
+    }
+
+    /// Every address in `served_slices`, sorted, duplicates kept.
+    pub async fn served_addresses(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .served_slices(service)
+            .await
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .flat_map(|e| e.addresses.iter().cloned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Addresses served for a Service (by every slice kube-proxy reads for
+    /// it), sorted, with their ready condition.
     pub async fn published(&self, service: &str) -> Vec<(String, bool)> {
         let mut v: Vec<(String, bool)> = self
-            .slices(service)
+            .served_slices(service)
             .await
             .iter()
             .flat_map(|s| s.endpoints.iter())

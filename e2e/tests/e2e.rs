@@ -504,3 +504,337 @@ async fn a_restart_during_a_blocked_deletion_still_releases() {
     t.delete_pod("user").await;
     t.wait_nad_gone("net").await;
 }
+
+/// Kubernetes' controllers are running when they publish a slice for a
+/// selector Service within this long; otherwise the test writes their
+/// leftovers itself.
+const KUBERNETES_GRACE: Duration = Duration::from_secs(20);
+/// "Within seconds": how long the migrated Service may serve anything but
+/// its secondary addresses.
+const MIGRATION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A slice in the shape Kubernetes' EndpointSlice controller (or its
+/// mirroring controller) writes: generated name, its labels, a controller
+/// owner reference, one ready endpoint.
+fn kubernetes_slice(
+    owner: &serde_json::Value,
+    service: &str,
+    manager: &str,
+    ip: &str,
+) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "generateName": format!("{service}-"),
+            "labels": {names::LABEL_SERVICE_NAME: service, names::LABEL_MANAGED_BY: manager},
+            "ownerReferences": [owner],
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "", "port": 80, "protocol": "TCP"}]
+    }))
+    .unwrap()
+}
+
+fn controller_ref(api_version: &str, kind: &str, name: &str, uid: &str) -> serde_json::Value {
+    json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+           "controller": true, "blockOwnerDeletion": true})
+}
+
+/// An Endpoints object as Kubernetes' endpoints controller writes it.
+async fn create_legacy_endpoints(t: &TestNs, name: &str, subsets: serde_json::Value) {
+    let endpoints = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"endpoints.kubernetes.io/managed-by": "endpoint-controller"}},
+        "subsets": subsets
+    }))
+    .unwrap();
+    t.endpoints_api()
+        .create(&Default::default(), &endpoints)
+        .await
+        .unwrap();
+}
+
+/// Runs the commands a SelectorConflict Warning gives, in the test's
+/// namespace, with kubectl; without kubectl, sends what they send.
+async fn migrate_as_the_warning_says(t: &TestNs, note: &str, service: &str, selector: &str) {
+    let commands = note
+        .split_once("Commands: ")
+        .unwrap_or_else(|| panic!("the Warning gives no commands: {note}"))
+        .1;
+    let script = format!(
+        "kubectl() {{ command kubectl --namespace {} \"$@\"; }}; {commands}",
+        t.ns
+    );
+    match std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+    {
+        Ok(out) if out.status.success() => return,
+        Ok(out) if !String::from_utf8_lossy(&out.stderr).contains("kubectl: not found") => {
+            panic!(
+                "the Warning's commands failed: {commands}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+        _ => println!("kubectl not found: migrating through the API instead"),
+    }
+    let annotate = json!({"metadata": {"annotations": {names::SELECTOR_ANNOTATION: selector}}});
+    t.services()
+        .patch(service, &PatchParams::default(), &Patch::Merge(annotate))
+        .await
+        .unwrap();
+    let remove = json!({"spec": {"selector": null}});
+    t.services()
+        .patch(service, &PatchParams::default(), &Patch::Merge(remove))
+        .await
+        .unwrap();
+}
+
+/// The migration: Service `mig` with `spec.selector`, pod `mig-a`
+/// with primary IP 10.244.9.9 and 192.168.7.7 on br0. After following the
+/// SelectorConflict Warning, every slice kube-proxy reads for `mig` holds
+/// 192.168.7.7 and nothing else, within seconds.
+#[tokio::test]
+async fn a_migrated_selector_service_serves_only_its_secondary_address() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "migrate").await;
+    t.create_nad("br0").await;
+    t.create_pod(
+        "mig-a",
+        json!({names::NETWORKS_ANNOTATION: "br0"}),
+        json!({"app": "mig"}),
+    )
+    .await;
+    t.set_network_status(
+        "mig-a",
+        nadc_e2e::status_entries(&nad_path(&t, "br0"), &["192.168.7.7"]),
+    )
+    .await;
+    t.set_pod_status("mig-a", "Running", true).await;
+    t.set_pod_ip("mig-a", "10.244.9.9").await;
+    // publishNotReadyAddresses: Kubernetes' EndpointSlice controller skips
+    // pods whose node it does not know unless it is set, and e2e pods have none.
+    let svc = t
+        .create_service(json!({
+            "metadata": {"name": "mig"},
+            "spec": {"selector": {"app": "mig"}, "publishNotReadyAddresses": true,
+                     "ports": [{"protocol": "TCP", "port": 80}]}
+        }))
+        .await;
+    let svc_uid = svc.metadata.uid.clone().unwrap();
+
+    // Kubernetes' slice, or (no endpoint controllers here) its leftovers in their real shape.
+    let start = std::time::Instant::now();
+    let kubernetes_runs = loop {
+        let served = t.served_addresses("mig").await;
+        if served == vec!["10.244.9.9".to_string()] {
+            break true;
+        }
+        if start.elapsed() > KUBERNETES_GRACE {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let service_ref = controller_ref("v1", "Service", "mig", &svc_uid);
+    if kubernetes_runs {
+        println!("Kubernetes' EndpointSlice controller published 10.244.9.9 for mig");
+        // Its endpoints controller cannot write the pod's address: e2e pods
+        // are never scheduled, and an address with an empty nodeName fails
+        // validation (it may not even create the object). Write what it would
+        // have, so that the mirroring controller has something to mirror.
+        let subsets = json!([{"addresses": [{"ip": "10.244.9.9"}],
+                              "ports": [{"name": "", "port": 80, "protocol": "TCP"}]}]);
+        if t.endpoints_api().get_opt("mig").await.unwrap().is_some() {
+            t.endpoints_api()
+                .patch(
+                    "mig",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"subsets": subsets})),
+                )
+                .await
+                .unwrap();
+        } else {
+            create_legacy_endpoints(&t, "mig", subsets).await;
+        }
+    } else {
+        println!("no EndpointSlice controller answered: writing its leftovers as it would");
+        let slice = kubernetes_slice(
+            &service_ref,
+            "mig",
+            names::KUBERNETES_SLICE_MANAGER,
+            "10.244.9.9",
+        );
+        t.slices_api()
+            .create(&Default::default(), &slice)
+            .await
+            .unwrap();
+        let subsets = json!([{"addresses": [{"ip": "10.244.9.9"}],
+                              "ports": [{"name": "", "port": 80, "protocol": "TCP"}]}]);
+        create_legacy_endpoints(&t, "mig", subsets).await;
+    }
+    let kubernetes_slices: Vec<String> = t
+        .served_slices("mig")
+        .await
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+
+    // Opt in: the Warning says how to migrate.
+    let patch = json!({"metadata": {"annotations": {names::NETWORKS_ANNOTATION: "br0"}}});
+    t.services()
+        .patch("mig", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let warning = t
+        .wait_event("Service", "mig", names::reasons::SELECTOR_CONFLICT)
+        .await;
+    let note = warning.note.unwrap();
+    assert!(note.contains(names::LABEL_SKIP_MIRROR), "{note}");
+    let migrated_at = std::time::Instant::now();
+    migrate_as_the_warning_says(&t, &note, "mig", "app=mig").await;
+
+    if !kubernetes_runs {
+        // The mirroring controller's part: it mirrors the now selectorless
+        // Service's Endpoints, and deletes its slice once that is labelled skip-mirror.
+        let endpoints = t.endpoints_api().get("mig").await.unwrap();
+        let owner = controller_ref(
+            "v1",
+            "Endpoints",
+            "mig",
+            endpoints.metadata.uid.as_deref().unwrap(),
+        );
+        let mirror = kubernetes_slice(&owner, "mig", names::MIRRORING_SLICE_MANAGER, "10.244.9.9");
+        let mirror = t
+            .slices_api()
+            .create(&Default::default(), &mirror)
+            .await
+            .unwrap();
+        eventually("Endpoints mig is labelled skip-mirror", || async {
+            let e = t.endpoints_api().get("mig").await.unwrap();
+            (e.metadata
+                .labels
+                .unwrap_or_default()
+                .get(names::LABEL_SKIP_MIRROR)
+                .map(String::as_str)
+                == Some("true"))
+            .then_some(())
+        })
+        .await;
+        t.slices_api()
+            .delete(&mirror.metadata.name.unwrap(), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    loop {
+        let served = t.served_addresses("mig").await;
+        if served == vec!["192.168.7.7".to_string()] {
+            break;
+        }
+        assert!(
+            migrated_at.elapsed() < MIGRATION_DEADLINE,
+            "{MIGRATION_DEADLINE:?} after the migration, the slices labelled {}=mig still serve {served:?}",
+            names::LABEL_SERVICE_NAME
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "every slice of mig holds only 192.168.7.7, {:?} after the migration",
+        migrated_at.elapsed()
+    );
+    consistently(
+        "mig keeps serving only 192.168.7.7",
+        Duration::from_secs(5),
+        || async { t.served_addresses("mig").await == vec!["192.168.7.7".to_string()] },
+    )
+    .await;
+
+    let deleted = t
+        .wait_event(
+            "Service",
+            "mig",
+            names::reasons::STALE_ENDPOINT_SLICES_DELETED,
+        )
+        .await;
+    let deleted_note = deleted.note.unwrap();
+    for name in &kubernetes_slices {
+        assert!(
+            deleted_note.contains(name.as_str()),
+            "{name} not named: {deleted_note}"
+        );
+    }
+    t.wait_event(
+        "Service",
+        "mig",
+        names::reasons::ENDPOINTS_MIRRORING_STOPPED,
+    )
+    .await;
+    let endpoints = t.endpoints_api().get("mig").await.unwrap();
+    assert_eq!(
+        endpoints
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get(names::LABEL_SKIP_MIRROR)
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+/// A slice of an unknown manager under an opted-in Service's name stays as
+/// it is, and a Warning names it.
+#[tokio::test]
+async fn a_foreign_slice_is_left_alone_and_named_in_a_warning() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "foreign").await;
+    web_behind_service(&t, &["192.168.11.1"], json!({"ports": [{"port": 80}]})).await;
+    eventually("published", || async {
+        (!t.slices("web").await.is_empty()).then_some(())
+    })
+    .await;
+    let mut foreign: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-external", "labels": {names::LABEL_SERVICE_NAME: "web", names::LABEL_MANAGED_BY: "hand-made.example.com"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["203.0.113.10"]}],
+        "ports": [{"port": 80, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    foreign = t
+        .slices_api()
+        .create(&Default::default(), &foreign)
+        .await
+        .unwrap();
+
+    let warning = t
+        .wait_event("Service", "web", names::reasons::FOREIGN_ENDPOINT_SLICES)
+        .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let note = warning.note.unwrap();
+    assert!(
+        note.contains("web-external (managed by hand-made.example.com)"),
+        "{note}"
+    );
+    assert!(note.contains("mixed"), "{note}");
+    consistently(
+        "the foreign slice is untouched",
+        Duration::from_secs(5),
+        || async {
+            let now = t.slices_api().get_opt("web-external").await.unwrap();
+            now.is_some_and(|s| {
+                s.metadata.uid == foreign.metadata.uid
+                    && s.metadata.resource_version == foreign.metadata.resource_version
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        t.served_addresses("web").await,
+        vec!["192.168.11.1".to_string(), "203.0.113.10".to_string()],
+        "the Service is mixed, as the Warning says"
+    );
+}

@@ -86,7 +86,7 @@ async fn nads_named_by_multus_edge_case_annotations_are_held() {
         || async {
             for n in nads {
                 let nad = t.nads().get_opt(n).await.unwrap();
-                if !nad.is_some_and(|n| n.metadata.deletion_timestamp.is_some()) {
+                if nad.is_none_or(|n| n.metadata.deletion_timestamp.is_none()) {
                     return false;
                 }
             }
@@ -287,23 +287,20 @@ async fn admission_refuses_deleting_an_in_use_nad() {
     .await;
     t.wait_protected("unused").await;
 
-    // The policy takes a moment to be loaded by the API server: retry the
-    // delete until it is refused (a delete that went through would fail the
-    // check below anyway: the NAD would be Terminating).
-    let refused = eventually("the delete of in-use is refused", || async {
-        match t.nads().delete("in-use", &DeleteParams::default()).await {
-            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s.message),
-            Err(e) => panic!("unexpected error: {e}"),
-            Ok(_) => {
-                let n = t.nads().get_opt("in-use").await.unwrap().unwrap();
-                panic!(
-                    "the delete went through (policy not loaded yet?): deletionTimestamp {:?}",
-                    n.metadata.deletion_timestamp
-                )
-            }
-        }
+    // The API server loads a new policy within a moment: wait for it with
+    // dry-run deletes (admission runs on them, nothing is deleted).
+    let dry_run = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    eventually("the policy is loaded", || async {
+        t.nads().delete("in-use", &dry_run).await.err().map(|_| ())
     })
     .await;
+    let refused = match t.nads().delete("in-use", &DeleteParams::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => s.message,
+        other => panic!("the delete of in-use must be refused, got {other:?}"),
+    };
     assert!(
         refused.contains(&format!(
             "NetworkAttachmentDefinition {}/in-use is in use",

@@ -1,19 +1,23 @@
 //! The EndpointSlice controller: reconciles Services, owns our
 //! EndpointSlices, and is triggered by the pod feed when a selected pod
 //! changes. It gathers the Service, its pods and its current slices, asks
-//! `intent`/`desired`/`slices` for the plan, and sends it.
+//! `intent`/`desired`/`slices` for the plan, and sends it. For an opted-in
+//! Service it also asks `leftovers` about the other slices under its name
+//! (watched metadata-only) and applies that cleanup.
 
 use super::desired::desired_endpoints;
 use super::intent::{Intent, service_intent};
+use super::leftovers::{self, Cleanup, SliceRef, classify_service_slices, plan_cleanup};
 use super::slices::{SliceOwner, SlicePlan, plan_slices};
 use super::tracker::SliceTracker;
 use crate::model::ObjectKey;
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -29,24 +33,42 @@ pub const RESYNC: Duration = Duration::from_secs(1800);
 /// Retry delay when the slice cache has not caught up with our writes.
 pub const STALE_RETRY: Duration = Duration::from_millis(500);
 
+/// Metadata of the slices labelled with a Service name that are not ours.
+pub type OtherSlices = Store<PartialObjectMeta<EndpointSlice>>;
+
 pub struct Context {
     pub shared: Shared,
     pub slices: Store<EndpointSlice>,
+    pub others: OtherSlices,
     tracker: Mutex<SliceTracker>,
-    /// Last Warning per Service, so an unchanged one is not repeated.
+    /// Last opt-in Warning per Service, so an unchanged one is not repeated.
     last_warning: Mutex<HashMap<ObjectKey, String>>,
+    /// Last `ForeignEndpointSlices` Warning per Service, likewise.
+    last_foreign: Mutex<HashMap<ObjectKey, String>>,
+    /// The mirrored slices (by uid) we last labelled the Endpoints for, so
+    /// that waiting for the mirroring controller sends no repeated patch.
+    mirroring_stopped: Mutex<HashMap<ObjectKey, Vec<Option<String>>>>,
     retries: crate::runtime::retry::Retries,
 }
 
 impl Context {
-    pub fn new(shared: Shared, slices: Store<EndpointSlice>) -> Self {
+    pub fn new(shared: Shared, slices: Store<EndpointSlice>, others: OtherSlices) -> Self {
         Context {
             shared,
             slices,
+            others,
             tracker: Mutex::default(),
             last_warning: Mutex::default(),
+            last_foreign: Mutex::default(),
+            mirroring_stopped: Mutex::default(),
             retries: Default::default(),
         }
+    }
+
+    fn forget(&self, key: &ObjectKey) {
+        self.last_warning.lock().unwrap().remove(key);
+        self.last_foreign.lock().unwrap().remove(key);
+        self.mirroring_stopped.lock().unwrap().remove(key);
     }
 }
 
@@ -73,6 +95,20 @@ pub fn cached_slices(store: &Store<EndpointSlice>, svc: &ObjectKey) -> Vec<Endpo
         .filter(|s| is_ours_for(s, svc))
         .map(|s| (**s).clone())
         .collect()
+}
+
+/// The cleanup of the other slices under an opted-in Service's name; none
+/// for any other Service (we never touch slices of a Service that does not
+/// opt in).
+pub fn decide_cleanup<'a>(
+    svc: &Service,
+    intent: &Intent,
+    others: impl IntoIterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) -> Cleanup {
+    match intent {
+        Intent::OptedIn { .. } => plan_cleanup(&classify_service_slices(svc, others)),
+        Intent::NotOptedIn | Intent::Rejected { .. } => Cleanup::default(),
+    }
 }
 
 /// Everything one Service reconcile decides, from plain inputs: the Warning
@@ -127,6 +163,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     ctx.shared.pods_ready().await;
     // Planning from an unsynced slice cache would create duplicates.
     let _ = ctx.slices.wait_until_ready().await;
+    let _ = ctx.others.wait_until_ready().await;
 
     let key = ObjectKey::of(svc.as_ref());
     let current = cached_slices(&ctx.slices, &key);
@@ -152,17 +189,37 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     };
 
     match &decision.intent {
-        Intent::Rejected { reason, message } => warn_once(&ctx, &svc, &key, reason, message).await,
+        Intent::Rejected { reason, message } => {
+            warn_once(&ctx.last_warning, &ctx, &svc, &key, reason, message).await
+        }
         _ => {
             ctx.last_warning.lock().unwrap().remove(&key);
         }
     }
+    let cleanup = {
+        let others = ctx.others.state();
+        decide_cleanup(&svc, &decision.intent, others.iter().map(|m| &m.metadata))
+    };
+    if let (Intent::OptedIn { network, .. }, false) = (&decision.intent, cleanup.foreign.is_empty())
+    {
+        let message = leftovers::foreign_message(&key.name, &cleanup.foreign, &network.to_string());
+        let reason = names::reasons::FOREIGN_ENDPOINT_SLICES;
+        warn_once(&ctx.last_foreign, &ctx, &svc, &key, reason, &message).await;
+    } else {
+        ctx.last_foreign.lock().unwrap().remove(&key);
+    }
+    if !decision.plan.is_empty() {
+        apply_plan(&ctx, &key, &decision.plan).await?;
+    }
+    // Kubernetes' leftovers go once ours are in place, so that the Service
+    // never has fewer endpoints than needed in between.
+    if let Intent::OptedIn { network, .. } = &decision.intent {
+        apply_cleanup(&ctx, &svc, &key, &network.to_string(), &cleanup).await?;
+    }
+    ctx.retries.succeeded(&key);
     if decision.plan.is_empty() {
-        ctx.retries.succeeded(&key);
         return Ok(Action::requeue(RESYNC));
     }
-    apply_plan(&ctx, &key, &decision.plan).await?;
-    ctx.retries.succeeded(&key);
     if let Intent::OptedIn { network, .. } = &decision.intent {
         let note = format!(
             "Updated to use network {network}: {} endpoints",
@@ -194,10 +251,16 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     Ok(Action::requeue(RESYNC))
 }
 
-async fn warn_once(ctx: &Context, svc: &Service, key: &ObjectKey, reason: &str, message: &str) {
+async fn warn_once(
+    last: &Mutex<HashMap<ObjectKey, String>>,
+    ctx: &Context,
+    svc: &Service,
+    key: &ObjectKey,
+    reason: &str,
+    message: &str,
+) {
     let text = format!("{reason}: {message}");
-    let changed = ctx
-        .last_warning
+    let changed = last
         .lock()
         .unwrap()
         .insert(key.clone(), text.clone())
@@ -288,6 +351,115 @@ async fn apply_plan(ctx: &Context, key: &ObjectKey, plan: &SlicePlan) -> Result<
     Ok(())
 }
 
+/// Deletes Kubernetes' orphaned slices (uid precondition: a slice of the
+/// same name made since is not ours to judge) and stops the mirroring of the
+/// legacy Endpoints object; a Normal Event reports each.
+async fn apply_cleanup(
+    ctx: &Context,
+    svc: &Service,
+    key: &ObjectKey,
+    network: &str,
+    cleanup: &Cleanup,
+) -> Result<()> {
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
+    let mut deleted: Vec<SliceRef> = Vec::new();
+    for slice in &cleanup.delete {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: slice.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match slices
+            .delete(&slice.name, &dp)
+            .instrument(tracing::debug_span!("delete endpointslice", slice = %slice.name))
+            .await
+        {
+            Ok(_) => {
+                ctx.shared.metrics.slice_write("delete");
+                deleted.push(slice.clone());
+            }
+            // Gone already, or replaced by another object of that name.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => {
+                return Err(Error::kube(
+                    "deleting the stale Kubernetes EndpointSlice",
+                    format!("{}/{}", key.namespace, slice.name),
+                )(e));
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        let note = leftovers::deleted_message(&deleted, network);
+        info!(deleted = deleted.len(), "{note}");
+        ctx.shared
+            .publish(
+                Event {
+                    type_: EventType::Normal,
+                    reason: names::reasons::STALE_ENDPOINT_SLICES_DELETED.into(),
+                    note: Some(note.chars().take(1000).collect()),
+                    action: "DeleteEndpointSlices".into(),
+                    secondary: None,
+                },
+                &service_reference(svc),
+            )
+            .await;
+    }
+
+    let mirrored: Vec<Option<String>> = cleanup
+        .stop_mirroring
+        .iter()
+        .map(|s| s.uid.clone())
+        .collect();
+    if mirrored.is_empty() {
+        ctx.mirroring_stopped.lock().unwrap().remove(key);
+        return Ok(());
+    }
+    if ctx.mirroring_stopped.lock().unwrap().get(key) == Some(&mirrored) {
+        debug!("waiting for the mirroring controller to delete its slices");
+        return Ok(());
+    }
+    let endpoints: Api<Endpoints> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
+    let patch = serde_json::json!({"metadata": {"labels": {names::LABEL_SKIP_MIRROR: "true"}}});
+    let pp = PatchParams {
+        field_manager: Some(names::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match endpoints
+        .patch(&key.name, &pp, &Patch::Merge(&patch))
+        .instrument(tracing::debug_span!("label endpoints skip-mirror"))
+        .await
+    {
+        Ok(_) => {
+            let note = leftovers::mirroring_stopped_message(&key.name, &cleanup.stop_mirroring);
+            info!("{note}");
+            ctx.shared
+                .publish(
+                    Event {
+                        type_: EventType::Normal,
+                        reason: names::reasons::ENDPOINTS_MIRRORING_STOPPED.into(),
+                        note: Some(note.chars().take(1000).collect()),
+                        action: "LabelEndpoints".into(),
+                        secondary: None,
+                    },
+                    &service_reference(svc),
+                )
+                .await;
+        }
+        // No Endpoints left: the mirroring controller deletes its slices itself.
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            return Err(Error::kube("labelling the Endpoints of", key)(e));
+        }
+    }
+    ctx.mirroring_stopped
+        .lock()
+        .unwrap()
+        .insert(key.clone(), mirrored);
+    Ok(())
+}
+
 pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.retries.failed(
         names::ENDPOINTS_CONTROLLER,
@@ -300,6 +472,30 @@ pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Acti
 /// The selector label for the slices we own.
 pub fn managed_slices_selector() -> String {
     format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY)
+}
+
+/// The slices under any Service name that are not ours (no managed-by label
+/// included): kube-proxy reads them for the Service all the same.
+pub fn other_slices_selector() -> String {
+    format!(
+        "{},{}!={}",
+        names::LABEL_SERVICE_NAME,
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY
+    )
+}
+
+/// The Service a slice is labelled with, when that Service opts in: a change
+/// of any other slice is none of our business.
+fn opted_in_service_of(
+    services: &Store<Service>,
+    slice: &PartialObjectMeta<EndpointSlice>,
+) -> Option<ObjectRef<Service>> {
+    let namespace = slice.metadata.namespace.as_deref()?;
+    let name = slice.labels().get(names::LABEL_SERVICE_NAME)?;
+    let svc_ref = ObjectRef::<Service>::new(name).within(namespace);
+    let svc = services.get(&svc_ref)?;
+    matches!(service_intent(&svc), Intent::OptedIn { .. }).then_some(svc_ref)
 }
 
 /// Deletes the slices a deleted Service leaves behind. The garbage collector
@@ -335,7 +531,7 @@ async fn delete_orphans(ctx: &Context, deleted: &Service) {
         }
     }
     ctx.tracker.lock().unwrap().forget(&key);
-    ctx.last_warning.lock().unwrap().remove(&key);
+    ctx.forget(&key);
     ctx.retries.succeeded(&key);
 }
 
@@ -366,7 +562,33 @@ pub async fn run(
     })
     .reflect(writer)
     .touched_objects();
-    let ctx = Arc::new(Context::new(shared, slices));
+    // Everyone else's slices, metadata only: enough to classify and delete
+    // them, at a fraction of the bytes of whole slices.
+    let (others, others_writer) = reflector::store();
+    let services_of_others = services.clone();
+    let other_triggers = watcher(
+        Api::<PartialObjectMeta<EndpointSlice>>::all(shared.client.clone()),
+        watcher::Config::default()
+            .labels(&other_slices_selector())
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(|s| {
+        s.managed_fields_mut().clear();
+        s.annotations_mut().clear();
+    })
+    .reflect(others_writer)
+    .touched_objects()
+    .filter_map(move |res| {
+        futures::future::ready(match res {
+            Ok(slice) => opted_in_service_of(&services_of_others, &slice),
+            Err(e) => {
+                debug!(error = %e, "watch of the other EndpointSlices");
+                None
+            }
+        })
+    });
+    let ctx = Arc::new(Context::new(shared, slices, others));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
     let orphans_ctx = ctx.clone();
     let orphans = deleted.for_each(move |svc| {
@@ -376,6 +598,7 @@ pub async fn run(
     let controller = Controller::for_stream(service_events, services)
         .owns_stream(slice_stream)
         .reconcile_on(refs)
+        .reconcile_on(other_triggers)
         .reconcile_all_on(resync_all)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -480,18 +703,28 @@ mod tests {
     }
 
     fn context(pods: &[Value], slices: &[EndpointSlice]) -> (Arc<Context>, ApiServerVerifier) {
+        context_with_others(pods, slices, &[])
+    }
+
+    /// As `context`, with the metadata cache of everyone else's slices.
+    fn context_with_others(
+        pods: &[Value],
+        slices: &[EndpointSlice],
+        others: &[Value],
+    ) -> (Arc<Context>, ApiServerVerifier) {
         let (shared, verifier) = fixtures::shared();
         for p in pods {
             shared.pods.write().unwrap().upsert(pod_view(p.clone()));
         }
-        let (store, mut writer) = reflector::store();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for s in slices {
-            writer.apply_watcher_event(&watcher::Event::InitApply(s.clone()));
-        }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        std::mem::forget(writer);
-        (Arc::new(Context::new(shared, store)), verifier)
+        let others = others
+            .iter()
+            .map(|m| serde_json::from_value(json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m})).unwrap());
+        let ctx = Context::new(
+            shared,
+            fixtures::synced_store(slices.iter().cloned()),
+            fixtures::synced_store(others),
+        );
+        (Arc::new(ctx), verifier)
     }
 
     fn as_slice(v: Value, name: &str) -> EndpointSlice {
@@ -679,6 +912,210 @@ mod tests {
         delete.respond(200, fixtures::status(200, "Success"));
         task.await.unwrap();
         api.expect_silence().await;
+    }
+
+    const ENDPOINTS: &str = "/api/v1/namespaces/default/endpoints/hostnames";
+
+    /// Metadata of a slice labelled `hostnames`, managed by `manager`.
+    fn other_slice(name: &str, manager: Option<&str>) -> Value {
+        let mut labels = json!({names::LABEL_SERVICE_NAME: "hostnames"});
+        if let Some(m) = manager {
+            labels[names::LABEL_MANAGED_BY] = json!(m);
+        }
+        json!({"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "7", "labels": labels})
+    }
+
+    fn slice_deletes(ctx: &Context) -> u64 {
+        ctx.shared
+            .metrics
+            .slice_writes
+            .get_or_create(&crate::runtime::metrics::VerbLabels {
+                verb: "delete".into(),
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn after_a_migration_kubernetes_orphans_go_once_ours_exist() {
+        let (ctx, mut api) = context_with_others(
+            &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
+            &[],
+            &[other_slice(
+                "hostnames-kube",
+                Some(names::KUBERNETES_SLICE_MANAGER),
+            )],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        api.expect(Method::POST, SLICES)
+            .await
+            .echo(json!({"name": "hostnames-abcde", "generation": 1}));
+        let delete = api
+            .expect(Method::DELETE, &format!("{SLICES}/hostnames-kube"))
+            .await;
+        assert_eq!(
+            delete.body["preconditions"],
+            json!({"uid": "uid-hostnames-kube"}),
+            "a uid precondition, and only that: Kubernetes no longer writes it"
+        );
+        delete.respond(200, fixtures::status(200, "Success"));
+        let event = api.expect_event("default").await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (
+                Some("Normal"),
+                Some(names::reasons::STALE_ENDPOINT_SLICES_DELETED)
+            )
+        );
+        assert!(event["note"].as_str().unwrap().contains("hostnames-kube"));
+        assert_eq!(
+            api.expect_event("default").await["reason"],
+            names::reasons::SECONDARY_ENDPOINTS_UPDATED
+        );
+        task.await.unwrap().unwrap();
+        api.expect_silence().await;
+        assert_eq!(slice_deletes(&ctx), 1);
+    }
+
+    #[tokio::test]
+    async fn an_orphan_already_gone_or_replaced_is_no_error_and_no_event() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        for code in [404, 409] {
+            let (ctx, mut api) = context_with_others(
+                &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
+                std::slice::from_ref(&slice),
+                &[other_slice(
+                    "hostnames-kube",
+                    Some(names::KUBERNETES_SLICE_MANAGER),
+                )],
+            );
+            let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+            api.expect(Method::DELETE, &format!("{SLICES}/hostnames-kube"))
+                .await
+                .respond(code, fixtures::status(code, "gone"));
+            task.await.unwrap().unwrap();
+            api.expect_silence().await;
+            assert_eq!(slice_deletes(&ctx), 0, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn mirrored_slices_are_stopped_by_labelling_the_endpoints_once() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        let (ctx, mut api) = context_with_others(
+            &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
+            &[slice],
+            &[other_slice(
+                "hostnames-mirror",
+                Some(names::MIRRORING_SLICE_MANAGER),
+            )],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        let patch = api.expect(Method::PATCH, ENDPOINTS).await;
+        assert!(
+            patch
+                .query
+                .contains("fieldManager=k8s-net-attach-def-controller")
+        );
+        let body = patch.respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "hostnames", "namespace": "default"}}),
+        );
+        assert_eq!(
+            body,
+            json!({"metadata": {"labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}})
+        );
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], names::reasons::ENDPOINTS_MIRRORING_STOPPED);
+        assert!(event["note"].as_str().unwrap().contains("hostnames-mirror"));
+        task.await.unwrap().unwrap();
+        api.expect_silence().await;
+        // until the mirroring controller deletes its slice, nothing is repeated
+        tokio::spawn(reconcile(opted_in(), ctx.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        api.expect_silence().await;
+        assert_eq!(
+            slice_deletes(&ctx),
+            0,
+            "mirrored slices are never deleted by us"
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_slices_are_named_in_a_warning_and_never_touched() {
+        let slice = first_sight(&[hostnames_pod("hostnames-1", "192.168.0.51", true)]).await;
+        let (ctx, mut api) = context_with_others(
+            &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
+            &[slice],
+            &[
+                other_slice("hostnames-lb", Some("lb.example.com")),
+                other_slice("hostnames-hand", None),
+            ],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        let event = api.expect_event("default").await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (
+                Some("Warning"),
+                Some(names::reasons::FOREIGN_ENDPOINT_SLICES)
+            )
+        );
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("hostnames-lb (managed by lb.example.com)"),
+            "{note}"
+        );
+        assert!(note.contains("hostnames-hand"), "{note}");
+        task.await.unwrap().unwrap();
+        api.expect_silence().await;
+        tokio::spawn(reconcile(opted_in(), ctx))
+            .await
+            .unwrap()
+            .unwrap();
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn slices_of_a_service_that_does_not_opt_in_are_never_touched() {
+        let conflicting = service(
+            json!({"k8s.v1.cni.cncf.io/networks": "br0"}),
+            json!({"selector": {"app": "hostnames"}, "ports": [{"port": 80}]}),
+        );
+        let plain = service(json!({}), json!({"ports": [{"port": 80}]}));
+        let others = [
+            other_slice("hostnames-kube", Some(names::KUBERNETES_SLICE_MANAGER)),
+            other_slice("hostnames-mirror", Some(names::MIRRORING_SLICE_MANAGER)),
+            other_slice("hostnames-lb", Some("lb.example.com")),
+        ];
+        let (ctx, mut api) = context_with_others(&[], &[], &others);
+        let task = tokio::spawn(reconcile(conflicting, ctx.clone()));
+        assert_eq!(
+            api.expect_event("default").await["reason"],
+            names::reasons::SELECTOR_CONFLICT
+        );
+        task.await.unwrap().unwrap();
+        tokio::spawn(reconcile(plain, ctx)).await.unwrap().unwrap();
+        api.expect_silence().await;
+    }
+
+    #[test]
+    fn only_slices_of_opted_in_services_trigger_a_reconcile() {
+        let mut plain = (*service(json!({}), json!({}))).clone();
+        plain.metadata.name = Some("plain".into());
+        let services = fixtures::synced_store([(*opted_in()).clone(), plain]);
+        let slice = |svc: &str| -> PartialObjectMeta<EndpointSlice> {
+            let mut m = other_slice("x", Some(names::KUBERNETES_SLICE_MANAGER));
+            m["labels"][names::LABEL_SERVICE_NAME] = json!(svc);
+            serde_json::from_value(json!({"metadata": m})).unwrap()
+        };
+        assert_eq!(
+            opted_in_service_of(&services, &slice("hostnames")),
+            Some(ObjectRef::new("hostnames").within("default"))
+        );
+        assert_eq!(opted_in_service_of(&services, &slice("plain")), None);
+        assert_eq!(opted_in_service_of(&services, &slice("unknown")), None);
     }
 
     #[test]

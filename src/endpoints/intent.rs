@@ -173,10 +173,14 @@ pub fn service_intent(svc: &Service) -> Intent {
             reasons::SELECTOR_CONFLICT,
             format!(
                 "spec.selector is set, so Kubernetes publishes primary-network endpoints for this Service and they would mix with the {network} addresses. \
-                 Move the selector into the annotation and remove spec.selector: \
-                 kubectl annotate service {name} {key}='{as_text}' && kubectl patch service {name} --type=json -p='[{{\"op\":\"remove\",\"path\":\"/spec/selector\"}}]'",
+                 To migrate, move the selector into the annotation and remove spec.selector. Kubernetes then leaves its slices and its Endpoints object behind: \
+                 we delete those slices and label the Endpoints {skip}=true so that it is no longer mirrored into slices; \
+                 slices under this Service's name from any other manager stay, named in a {foreign} Warning. \
+                 Commands: kubectl annotate service {name} {key}='{as_text}' && kubectl patch service {name} --type=json -p='[{{\"op\":\"remove\",\"path\":\"/spec/selector\"}}]'",
                 name = meta.name.as_deref().unwrap_or_default(),
                 key = names::SELECTOR_ANNOTATION,
+                skip = names::LABEL_SKIP_MIRROR,
+                foreign = reasons::FOREIGN_ENDPOINT_SLICES,
             ),
         );
     }
@@ -269,6 +273,10 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("remove spec.selector"), "{message}");
+        assert!(
+            message.contains("we delete those slices and label the Endpoints endpointslice.kubernetes.io/skip-mirror=true"),
+            "the whole migration, cleanup included: {message}"
+        );
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! Pure stages, in the order a reconcile runs them:
 //! `intent` (does this Service opt in, and how) → `desired` (which endpoints
 //! it should have) → `slices` (the creates/updates/deletes that get the
-//! current slices there). `tracker` guards against acting on a stale cache.
+//! current slices there). `leftovers` sorts the other slices under the
+//! Service's name (Kubernetes' orphans, mirrored, foreign) and decides their
+//! cleanup. `tracker` guards against acting on a stale cache.
 //! `controller` is the IO shell around them.
 
 pub mod controller;
 pub mod desired;
 pub mod intent;
+pub mod leftovers;
 pub mod slices;
 pub mod tracker;

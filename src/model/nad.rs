@@ -88,6 +88,16 @@ mod tests {
     }
 
     #[test]
+    fn a_nad_serializes_with_its_api_version_and_kind() {
+        let mut nad = NetworkAttachmentDefinition::default();
+        nad.metadata.name = Some("a".into());
+        assert_eq!(
+            serde_json::to_value(&nad).unwrap(),
+            serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": "a"}})
+        );
+    }
+
+    #[test]
     fn a_nad_without_spec_deserializes() {
         let nad: NetworkAttachmentDefinition = serde_json::from_str(
             r#"{"apiVersion":"k8s.cni.cncf.io/v1","kind":"NetworkAttachmentDefinition","metadata":{"name":"a"}}"#,

@@ -23,12 +23,24 @@ pub const CLUSTER: &[Permission] = &[
         used_by: "the EndpointSlice controller's Service watch",
     },
     Permission {
+        group: "",
+        resource: "services/finalizers",
+        verbs: &["update"],
+        used_by: "our slices' owner reference sets blockOwnerDeletion, which OwnerReferencesPermissionEnforcement allows only with update on the owner's finalizers",
+    },
+    Permission {
+        group: "",
+        resource: "endpoints",
+        verbs: &["patch"],
+        used_by: "labelling a migrated Service's leftover Endpoints skip-mirror, so Kubernetes stops mirroring it into slices",
+    },
+    Permission {
         group: "discovery.k8s.io",
         resource: "endpointslices",
         verbs: &[
             "get", "list", "watch", "create", "update", "patch", "delete",
         ],
-        used_by: "the EndpointSlice controller (watch, create, update, delete; patch for kubectl-style repairs)",
+        used_by: "the EndpointSlice controller (watch, create, update, delete; patch for kubectl-style repairs; metadata watch and delete of Kubernetes' orphaned slices)",
     },
     Permission {
         group: "k8s.cni.cncf.io",
