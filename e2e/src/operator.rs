@@ -362,3 +362,81 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    const HELPER_ENV: &str = "NADC_E2E_TIED_CHILD_HELPER";
+
+    /// Whether `pid` still runs (a zombie, dead but not yet reaped, does not).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    }
+
+    /// Not a test on its own: run by the test below as a separate process
+    /// (this test binary, with HELPER_ENV set). Starts a tied `sleep` from a
+    /// thread that then ends, prints its pid, and waits to be killed.
+    #[test]
+    fn tied_child_helper() {
+        if std::env::var_os(HELPER_ENV).is_none() {
+            return;
+        }
+        // Never waited for: this process is SIGKILLed while the child runs.
+        #[allow(clippy::zombie_processes)]
+        let child = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("300");
+            spawn_tied(cmd).unwrap()
+        })
+        .join()
+        .unwrap();
+        println!("child {}", child.id());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn a_tied_child_outlives_its_spawning_thread_and_dies_with_a_sigkilled_parent() {
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "operator::tests::tied_child_helper",
+                "--nocapture",
+            ])
+            .env(HELPER_ENV, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(helper.stdout.take().unwrap());
+        let pid: u32 = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
+            .expect("the helper prints its child's pid");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            running(pid),
+            "the child died with the thread that started it"
+        );
+        helper.kill().unwrap(); // SIGKILL: no handler, no destructor runs
+        helper.wait().unwrap();
+        let start = Instant::now();
+        while running(pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the child {pid} outlived its SIGKILLed parent by 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
