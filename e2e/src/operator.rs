@@ -389,6 +389,8 @@ mod tests {
         if std::env::var_os(HELPER_ENV).is_none() {
             return;
         }
+        // Never waited for: this process is SIGKILLed while the child runs.
+        #[allow(clippy::zombie_processes)]
         let child = std::thread::spawn(|| {
             let mut cmd = Command::new("sleep");
             cmd.arg("300");
