@@ -596,6 +596,7 @@ async fn migrate_as_the_warning_says(t: &TestNs, note: &str, service: &str, sele
 /// SelectorConflict Warning, every slice kube-proxy reads for `mig` holds
 /// 192.168.7.7 and nothing else, within seconds.
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_migrated_selector_service_serves_only_its_secondary_address() {
     let Some((client, _op)) = setup().await else {
         return;
@@ -787,6 +788,7 @@ async fn a_migrated_selector_service_serves_only_its_secondary_address() {
 /// A slice of an unknown manager under an opted-in Service's name stays as
 /// it is, and a Warning names it.
 #[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
 async fn a_foreign_slice_is_left_alone_and_named_in_a_warning() {
     let Some((client, _op)) = setup().await else {
         return;
