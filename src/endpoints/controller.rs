@@ -48,6 +48,9 @@ pub struct Context {
     /// The mirrored slices (by uid) we last labelled the Endpoints for, so
     /// that waiting for the mirroring controller sends no repeated patch.
     mirroring_stopped: Mutex<HashMap<ObjectKey, Vec<Option<String>>>>,
+    /// Last `SecondaryEndpointsUpdated` note per Service: a new Event only
+    /// when what it says changes, so `kubectl describe` reads the current one.
+    last_updated: Mutex<HashMap<ObjectKey, String>>,
     retries: crate::runtime::retry::Retries,
 }
 
@@ -61,6 +64,7 @@ impl Context {
             last_warning: Mutex::default(),
             last_foreign: Mutex::default(),
             mirroring_stopped: Mutex::default(),
+            last_updated: Mutex::default(),
             retries: Default::default(),
         }
     }
@@ -69,6 +73,7 @@ impl Context {
         self.last_warning.lock().unwrap().remove(key);
         self.last_foreign.lock().unwrap().remove(key);
         self.mirroring_stopped.lock().unwrap().remove(key);
+        self.last_updated.lock().unwrap().remove(key);
     }
 }
 
@@ -149,6 +154,19 @@ pub fn decide_service(
     }
 }
 
+/// How soon a reconcile that found the slice caches unsynced runs again.
+const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
+
+async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready())
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
 #[instrument(name = "reconcile secondary-endpoints", skip_all, fields(
     controller = names::ENDPOINTS_CONTROLLER,
     kind = "Service",
@@ -161,9 +179,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     let metrics = ctx.shared.metrics.clone();
     let _timer = metrics.reconcile(names::ENDPOINTS_CONTROLLER, trace_id);
     ctx.shared.pods_ready().await;
-    // Planning from an unsynced slice cache would create duplicates.
-    let _ = ctx.slices.wait_until_ready().await;
-    let _ = ctx.others.wait_until_ready().await;
+    // Planning from an unsynced slice cache would create duplicates. The
+    // slice caches are fed by streams of this same controller: never block
+    // a reconcile on them (a reconcile that waits cannot finish, and the
+    // controller would hold every later request for this Service behind
+    // it); come back shortly instead.
+    if !store_ready(&ctx.slices).await || !store_ready(&ctx.others).await {
+        debug!("the EndpointSlice caches are not synced yet; retrying shortly");
+        return Ok(Action::requeue(CACHE_SYNC_RETRY));
+    }
 
     let key = ObjectKey::of(svc.as_ref());
     let current = cached_slices(&ctx.slices, &key);
@@ -230,18 +254,29 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
             endpoints = decision.endpoints,
             "{note}"
         );
-        ctx.shared
-            .publish(
-                Event {
-                    type_: EventType::Normal,
-                    reason: names::reasons::SECONDARY_ENDPOINTS_UPDATED.into(),
-                    note: Some(note),
-                    action: "UpdateEndpointSlices".into(),
-                    secondary: None,
-                },
-                &service_reference(&svc),
-            )
-            .await;
+        let changed = ctx
+            .last_updated
+            .lock()
+            .unwrap()
+            .insert(key.clone(), note.clone())
+            .as_ref()
+            != Some(&note);
+        if changed {
+            // A new Event, not the Recorder's series, which would keep the
+            // first note ("1 endpoints") and only count the rest.
+            ctx.shared
+                .publish_state_change(
+                    Event {
+                        type_: EventType::Normal,
+                        reason: names::reasons::SECONDARY_ENDPOINTS_UPDATED.into(),
+                        note: Some(note),
+                        action: "UpdateEndpointSlices".into(),
+                        secondary: None,
+                    },
+                    &service_reference(&svc),
+                )
+                .await;
+        }
     } else {
         info!(
             deleted = decision.plan.delete.len(),
