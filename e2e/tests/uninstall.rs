@@ -19,9 +19,18 @@ async fn release_finalizers_leaves_no_nad_with_our_finalizer() {
     t.create_nad("b").await;
     t.create_pod("user", json!({names::NETWORKS_ANNOTATION: "a"}), json!({}))
         .await;
-    eventually("both NADs protected", || async {
-        (t.has_finalizer("a").await == Some(true) && t.has_finalizer("b").await == Some(true))
-            .then_some(())
+    eventually("both NADs protected, a labelled in use", || async {
+        let a = t.nads().get_opt("a").await.unwrap()?;
+        let marked = a
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(names::IN_USE_LABEL))
+            .is_some_and(|v| v == "true");
+        (marked
+            && t.has_finalizer("a").await == Some(true)
+            && t.has_finalizer("b").await == Some(true))
+        .then_some(())
     })
     .await;
 
@@ -59,5 +68,14 @@ async fn release_finalizers_leaves_no_nad_with_our_finalizer() {
         .map(|n| format!("{:?}/{:?}", n.metadata.namespace, n.metadata.name))
         .collect();
     assert!(held.is_empty(), "still holding: {held:?}");
+    let labelled: Vec<String> = all
+        .list_metadata(&ListParams::default().labels(names::IN_USE_LABEL))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| format!("{:?}/{:?}", n.metadata.namespace, n.metadata.name))
+        .collect();
+    assert!(labelled.is_empty(), "still labelled in use: {labelled:?}");
     op.start(&client).await;
 }
