@@ -349,6 +349,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
     };
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
     if removed {
+        ctx.shared.metrics.nad_patches.inc();
         record_write(ctx, cached);
         ctx.shared.metrics.finalizer_write("remove");
         info!("no pod uses this network any more; protection released");

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub finalizer_writes: Family<VerbLabels, Counter>,
     pub marker_writes: Family<VerbLabels, Counter>,
     pub live_lists: Counter,
+    pub nad_patches: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
 }
@@ -67,6 +68,7 @@ impl Default for Metrics {
         let finalizer_writes = Family::<VerbLabels, Counter>::default();
         let marker_writes = Family::<VerbLabels, Counter>::default();
         let live_lists = Counter::default();
+        let nad_patches = Counter::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
         registry.register(
@@ -115,6 +117,11 @@ impl Default for Metrics {
             live_lists.clone(),
         );
         registry.register(
+            "nad_patches",
+            "PATCH requests the API server accepted for NetworkAttachmentDefinitions (one may add the finalizer and the in-use label together)",
+            nad_patches.clone(),
+        );
+        registry.register(
             "invalid_annotations",
             "Pod annotations that did not parse, by annotation",
             invalid_annotations.clone(),
@@ -135,6 +142,7 @@ impl Default for Metrics {
             finalizer_writes,
             marker_writes,
             live_lists,
+            nad_patches,
             invalid_annotations,
             pods_indexed,
         }

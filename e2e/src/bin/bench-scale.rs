@@ -61,16 +61,37 @@ async fn writes(addr: &str) -> anyhow::Result<f64> {
         .filter(|l| {
             l.starts_with("nadc_endpointslice_writes_total")
                 || l.starts_with("nadc_finalizer_writes_total")
+                || l.starts_with("nadc_in_use_marker_writes_total")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
 
+/// The sum of one metric family's samples.
+async fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
+    let (_, body) = http_get(addr, "/metrics")
+        .await
+        .context("scrape /metrics")?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 fn peak_rss_mib(pid: u32) -> Option<f64> {
+    rss_field_mib(pid, "VmHWM:")
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    rss_field_mib(pid, "VmRSS:")
+}
+
+fn rss_field_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -228,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let converged = start.elapsed();
         println!("converged in {converged:?}");
+        let cold_start_nad_patches = metric(&args.http_addr, "nadc_nad_patches_total").await?;
 
         // 2. steady state
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -261,6 +283,55 @@ async fn main() -> anyhow::Result<()> {
                 max_writes_per_change.max(writes(&args.http_addr).await? - before);
         }
         latencies.sort();
+        let at_rest_rss = rss_mib(pid);
+
+        // 4. mass deletion: a namespace whose NADs are all in use is deleted
+        let doomed = TestNs::new(&client, "bench-del").await;
+        futures::stream::iter(0..args.nads)
+            .map(|j| {
+                let d = &doomed;
+                async move {
+                    d.create_nad(&format!("net-{j}")).await;
+                    d.create_pod(
+                        &format!("user-{j}"),
+                        json!({names::NETWORKS_ANNOTATION: format!("net-{j}")}),
+                        json!({}),
+                    )
+                    .await;
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let doomed_nads: Api<NetworkAttachmentDefinition> =
+            Api::namespaced(client.clone(), &doomed.ns);
+        loop {
+            let marked = doomed_nads
+                .list_metadata(&ListParams::default().labels(names::IN_USE_LABEL))
+                .await?
+                .items
+                .len();
+            if marked == args.nads {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let lists_before = metric(&args.http_addr, "nadc_live_pod_lists_total").await?;
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let deleted_at = Instant::now();
+        namespaces
+            .delete(&doomed.ns, &Default::default())
+            .await
+            .context("delete the mass-deletion namespace")?;
+        while namespaces.get_opt(&doomed.ns).await?.is_some() {
+            if deleted_at.elapsed() > Duration::from_secs(300) {
+                bail!("namespace {} not gone after 300 s", doomed.ns);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let namespace_gone = deleted_at.elapsed();
+        let live_lists = metric(&args.http_addr, "nadc_live_pod_lists_total").await? - lists_before;
+
         Ok::<_, anyhow::Error>(json!({
             "pods": args.pods, "services": args.services, "nads": args.nads,
             "converged_seconds": converged.as_secs_f64(),
@@ -270,6 +341,11 @@ async fn main() -> anyhow::Result<()> {
             "steady_state_seconds": args.steady_seconds,
             "steady_state_writes": steady_writes,
             "max_writes_per_pod_change": max_writes_per_change,
+            "cold_start_nad_patches": cold_start_nad_patches,
+            "mass_deletion_nads": args.nads,
+            "mass_deletion_namespace_gone_seconds": namespace_gone.as_secs_f64(),
+            "mass_deletion_live_pod_lists": live_lists,
+            "at_rest_rss_mib": at_rest_rss,
             "peak_rss_mib": peak_rss_mib(pid),
         }))
     }
