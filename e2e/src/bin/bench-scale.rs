@@ -332,6 +332,78 @@ async fn main() -> anyhow::Result<()> {
         let namespace_gone = deleted_at.elapsed();
         let live_lists = metric(&args.http_addr, "nadc_live_pod_lists_total").await? - lists_before;
 
+        // 5. the in-use label's cost: 1,000 pods sharing 10 NADs come and go
+        const CHURN_PODS: usize = 1000;
+        const CHURN_NADS: usize = 10;
+        let churn = TestNs::new(&client, "bench-churn").await;
+        for j in 0..CHURN_NADS {
+            churn.create_nad(&format!("net-{j}")).await;
+        }
+        let churn_nads: Api<NetworkAttachmentDefinition> =
+            Api::namespaced(client.clone(), &churn.ns);
+        let marked = |want: usize| {
+            let churn_nads = churn_nads.clone();
+            async move {
+                let start = Instant::now();
+                loop {
+                    let n = churn_nads
+                        .list_metadata(&ListParams::default().labels(names::IN_USE_LABEL))
+                        .await?
+                        .items
+                        .len();
+                    if n == want {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    if start.elapsed() > Duration::from_secs(300) {
+                        bail!("{n} of the churn NADs labelled in use, want {want}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        // protected and settled before counting
+        loop {
+            let protected = churn_nads
+                .list_metadata(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
+                .count();
+            if protected == CHURN_NADS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let marker_before = metric(&args.http_addr, "nadc_in_use_marker_writes_total").await?;
+        futures::stream::iter(0..CHURN_PODS)
+            .map(|i| {
+                let c = &churn;
+                async move {
+                    c.create_pod(
+                        &format!("p-{i}"),
+                        json!({names::NETWORKS_ANNOTATION: format!("net-{}", i % CHURN_NADS)}),
+                        json!({}),
+                    )
+                    .await;
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        marked(CHURN_NADS).await?;
+        futures::stream::iter(0..CHURN_PODS)
+            .map(|i| {
+                let c = &churn;
+                async move { c.delete_pod(&format!("p-{i}")).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        marked(0).await?;
+        let marker_writes =
+            metric(&args.http_addr, "nadc_in_use_marker_writes_total").await? - marker_before;
+
         Ok::<_, anyhow::Error>(json!({
             "pods": args.pods, "services": args.services, "nads": args.nads,
             "converged_seconds": converged.as_secs_f64(),
@@ -345,6 +417,8 @@ async fn main() -> anyhow::Result<()> {
             "mass_deletion_nads": args.nads,
             "mass_deletion_namespace_gone_seconds": namespace_gone.as_secs_f64(),
             "mass_deletion_live_pod_lists": live_lists,
+            "marker_churn": format!("{CHURN_PODS} pods over {CHURN_NADS} NADs created and deleted"),
+            "marker_writes_in_churn": marker_writes,
             "at_rest_rss_mib": at_rest_rss,
             "peak_rss_mib": peak_rss_mib(pid),
         }))
