@@ -431,21 +431,29 @@ impl TestNs {
                     .await;
             }
         }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        };
-        // The namespace deletion takes the pods too; this only speeds it up.
-        let _ = pods.delete_collection(&dp, &ListParams::default()).await;
-        match Api::<Namespace>::all(client)
+        let deleted = match Api::<Namespace>::all(client.clone())
             .delete(ns, &DeleteParams::default())
             .await
         {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e),
             Ok(_) => Ok(()),
-        }
+        };
+        // The namespace controller deletes the pods too; this only speeds it
+        // up (or does it, on an API server without a controller-manager). It
+        // comes after the namespace deletion and is bounded, because deleting
+        // thousands of pods (bench-scale's) takes longer than the cleanup may.
+        let pods: Api<Pod> = Api::namespaced(client, ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            pods.delete_collection(&dp, &ListParams::default()),
+        )
+        .await;
+        deleted
     }
 }
 

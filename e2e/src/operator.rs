@@ -51,6 +51,14 @@ pub fn binary() -> PathBuf {
     dir.join("k8s-net-attach-def-controller")
 }
 
+/// A loopback address with a port that is free now.
+pub fn free_local_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .to_string()
+}
+
 type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
 
 /// Starts `cmd` so that it cannot outlive this process, even when this
@@ -119,8 +127,9 @@ impl Operator {
                     mode,
                     child: Mutex::new(None),
                     lifecycle: tokio::sync::Mutex::new(()),
-                    http_addr: std::env::var("E2E_HTTP_ADDR")
-                        .unwrap_or_else(|_| "127.0.0.1:18080".into()),
+                    // A free port by default: a fixed one was answered by
+                    // another harness' operator, and its /readyz taken for ours.
+                    http_addr: std::env::var("E2E_HTTP_ADDR").unwrap_or_else(|_| free_local_addr()),
                 };
                 if mode == Mode::Local {
                     crate::assert_no_other_operator(client).await;
@@ -135,6 +144,12 @@ impl Operator {
     pub async fn start(&self, client: &Client) {
         match self.mode {
             Mode::Local => {
+                if let Err(e) = std::net::TcpListener::bind(&self.http_addr) {
+                    panic!(
+                        "{} is taken ({e}): another operator? set E2E_HTTP_ADDR to a free address",
+                        self.http_addr
+                    );
+                }
                 let bin = binary();
                 assert!(
                     bin.exists(),
@@ -277,15 +292,17 @@ impl Operator {
     async fn wait_ready_local(&self) {
         let start = Instant::now();
         loop {
-            if let Some((200, _)) = http_get(&self.http_addr, "/readyz").await {
-                return;
-            }
+            // Exited first: a 200 from another process on the address must
+            // not pass for ours (ours exits when the address is taken).
             if let Some(c) = self.child.lock().unwrap().as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
                 panic!(
                     "the operator exited with {status} before becoming ready (see its log in the temp directory)"
                 );
+            }
+            if let Some((200, _)) = http_get(&self.http_addr, "/readyz").await {
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),

@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use nadc_e2e::operator::{binary, http_get, spawn_tied};
+use nadc_e2e::operator::{binary, free_local_addr, http_get, spawn_tied};
 use nadc_e2e::{TestNs, cluster};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -30,12 +30,7 @@ struct Replica {
 
 impl Replica {
     fn start(identity: &'static str, namespace: &str) -> Replica {
-        // A free port now; nothing else on this machine is expected to take it.
-        let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
+        let http_addr = free_local_addr();
         let log = std::env::temp_dir().join(format!(
             "nadc-e2e-handover-{identity}-{}.log",
             std::process::id()

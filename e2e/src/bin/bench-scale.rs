@@ -40,8 +40,9 @@ struct Args {
     /// Seconds of steady state in which API writes are counted.
     #[arg(long, default_value_t = 60)]
     steady_seconds: u64,
-    /// Address of the operator's HTTP server.
-    #[arg(long, default_value = "127.0.0.1:18081")]
+    /// Address of the operator's HTTP server; a free loopback port by default
+    /// (a fixed one collided with a concurrent run, whose metrics were read).
+    #[arg(long, default_value_t = nadc_e2e::operator::free_local_addr())]
     http_addr: String,
     /// Write the results as JSON here too.
     #[arg(long)]
@@ -199,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let log = std::env::temp_dir().join("nadc-bench-operator.log");
+    let log = std::env::temp_dir().join(format!("nadc-bench-operator-{}.log", std::process::id()));
     let start = Instant::now();
     let mut cmd = Command::new(binary());
     cmd.args([
