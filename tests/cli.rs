@@ -13,11 +13,11 @@ fn readme() -> String {
     std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap()
 }
 
-#[test]
-fn the_readme_shows_what_the_first_command_prints() {
+/// `plan -f FILE`'s table, which must have succeeded.
+fn plan_of(file: &str) -> String {
     let out = Command::new(BIN)
         .current_dir(ROOT)
-        .args(["plan", "-f", "manifests/examples/seed-cluster.yaml"])
+        .args(["plan", "-f", file])
         .output()
         .unwrap();
     assert!(
@@ -25,7 +25,12 @@ fn the_readme_shows_what_the_first_command_prints() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_readme_shows_what_the_first_command_prints() {
+    let printed = plan_of("manifests/examples/seed-cluster.yaml");
     let readme = readme();
     assert!(readme.contains("cargo run --release -- plan -f manifests/examples/seed-cluster.yaml"));
     let marker = readme.find("<!-- plan-output").expect("plan-output marker");
@@ -129,17 +134,7 @@ fn plan_reads_stdin() {
 /// they name is held while it is being deleted.
 #[test]
 fn plan_holds_every_nad_that_multus_edge_case_annotations_use() {
-    let out = Command::new(BIN)
-        .current_dir(ROOT)
-        .args(["plan", "-f", "manifests/examples/multus-edge-cases.yaml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = plan_of("manifests/examples/multus-edge-cases.yaml");
     for nad in [
         "default/sriov-net",
         "default/macvlan-conf",

@@ -408,6 +408,33 @@ impl TestNs {
         .await
     }
 
+    /// A pod using `nad` (by the networks annotation), never scheduled.
+    pub async fn create_user(&self, pod: &str, nad: &str) -> Pod {
+        self.create_pod(pod, json!({names::NETWORKS_ANNOTATION: nad}), json!({}))
+            .await
+    }
+
+    /// Waits until `nad` carries the in-use label.
+    pub async fn wait_in_use(&self, nad: &str) {
+        eventually(&format!("{nad} is labelled in use"), || async {
+            let n = self.nads().get_opt(nad).await.unwrap()?;
+            (n.metadata.labels?.get(names::IN_USE_LABEL)? == "true").then_some(())
+        })
+        .await;
+    }
+
+    /// How many of this namespace's NADs hold our finalizer.
+    pub async fn protected_nads(&self) -> usize {
+        self.nads()
+            .list_metadata(&ListParams::default())
+            .await
+            .expect("list NADs")
+            .items
+            .iter()
+            .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
+            .count()
+    }
+
     pub async fn has_finalizer(&self, nad: &str) -> Option<bool> {
         let n = self.nads().get_opt(nad).await.expect("get NAD")?;
         Some(n.finalizers().iter().any(|f| f == names::FINALIZER))

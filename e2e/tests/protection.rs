@@ -113,12 +113,7 @@ async fn deletion_blocked_names_the_current_users() {
     };
     let t = TestNs::new(&client, "current").await;
     t.create_nad("net").await;
-    t.create_pod(
-        "first",
-        json!({names::NETWORKS_ANNOTATION: "net"}),
-        json!({}),
-    )
-    .await;
+    t.create_user("first", "net").await;
     t.wait_protected("net").await;
     t.delete_nad("net").await;
     let first = format!("{}/first", t.ns);
@@ -127,12 +122,7 @@ async fn deletion_blocked_names_the_current_users() {
         latest_note(&t, "net").await.filter(|n| n.contains(&first))
     })
     .await;
-    t.create_pod(
-        "second",
-        json!({names::NETWORKS_ANNOTATION: "net"}),
-        json!({}),
-    )
-    .await;
+    t.create_user("second", "net").await;
     t.delete_pod("first").await;
     let note = eventually("DeletionBlocked names second and not first", || async {
         latest_note(&t, "net")
@@ -274,17 +264,8 @@ async fn admission_refuses_deleting_an_in_use_nad() {
 
     let nad = t.create_nad("in-use").await;
     t.create_nad("unused").await;
-    t.create_pod(
-        "user",
-        json!({names::NETWORKS_ANNOTATION: "in-use"}),
-        json!({}),
-    )
-    .await;
-    eventually("in-use is labelled in use", || async {
-        let n = t.nads().get_opt("in-use").await.unwrap()?;
-        (n.metadata.labels?.get(names::IN_USE_LABEL)? == "true").then_some(())
-    })
-    .await;
+    t.create_user("user", "in-use").await;
+    t.wait_in_use("in-use").await;
     t.wait_protected("unused").await;
 
     // The API server loads a new policy within a moment: wait for it with
@@ -336,18 +317,8 @@ async fn admission_refuses_deleting_an_in_use_nad() {
     // namespace controller's delete is let through, the finalizer holds the
     // NAD while the namespace's pods go, then everything goes.
     doomed.create_nad("held").await;
-    doomed
-        .create_pod(
-            "user",
-            json!({names::NETWORKS_ANNOTATION: "held"}),
-            json!({}),
-        )
-        .await;
-    eventually("held is labelled in use", || async {
-        let n = doomed.nads().get_opt("held").await.unwrap()?;
-        (n.metadata.labels?.get(names::IN_USE_LABEL)? == "true").then_some(())
-    })
-    .await;
+    doomed.create_user("user", "held").await;
+    doomed.wait_in_use("held").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .delete(&doomed.ns, &DeleteParams::default())

@@ -364,14 +364,7 @@ async fn main() -> anyhow::Result<()> {
         };
         // protected and settled before counting
         loop {
-            let protected = churn_nads
-                .list_metadata(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
-                .count();
-            if protected == CHURN_NADS {
+            if churn.protected_nads().await == CHURN_NADS {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
