@@ -136,7 +136,12 @@ pub fn shared() -> (Shared, ApiServerVerifier) {
     let (shared, synced) = Shared::new(
         client,
         Arc::new(Metrics::default()),
-        Settings::default(),
+        // No gathering moment before a live LIST: tests answer requests in
+        // the order they come.
+        Settings {
+            live_list_gather: Duration::ZERO,
+            ..Settings::default()
+        },
         Some("test".into()),
     );
     synced.send(true).unwrap();

@@ -28,6 +28,10 @@ pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
 /// wait, so this bounds API calls and memory, not throughput.
 pub const CONCURRENCY: u16 = 16;
 
+/// How long the first NAD to confirm its release waits for others before
+/// the shared live LIST starts (see `live::SharedList`).
+pub const LIVE_LIST_GATHER: Duration = Duration::from_millis(500);
+
 /// How often a blocked deletion is re-checked even without a pod event.
 pub const BLOCKED_RECHECK: Duration = Duration::from_secs(300);
 /// Re-check delay when the cache and a live LIST disagree.
@@ -47,12 +51,13 @@ pub struct Context {
 
 impl Context {
     pub fn new(shared: Shared, nads: Store<NadMeta>) -> Self {
+        let gather = shared.settings.live_list_gather;
         Context {
             shared,
             nads,
             last_blocked: Mutex::default(),
             writes: Mutex::default(),
-            live: SharedList::default(),
+            live: SharedList::with_gather(gather),
             retries: Default::default(),
         }
     }
@@ -261,6 +266,7 @@ async fn sync_metadata(
                     "updating the finalizer and in-use label of",
                     &from.key,
                 ))?;
+            ctx.shared.metrics.nad_patches.inc();
             record_write(ctx, &from);
             if add_finalizer {
                 ctx.shared.metrics.finalizer_write("add");
@@ -600,6 +606,10 @@ mod tests {
             metrics.contains(r#"nadc_in_use_marker_writes_total{verb="mark"} 1"#),
             "{metrics}"
         );
+        assert!(
+            metrics.contains("nadc_nad_patches_total 1\n"),
+            "one PATCH request: {metrics}"
+        );
 
         // A second trigger while the cache still holds the version we
         // patched: no repeated write (it would only fail its test).
@@ -720,6 +730,9 @@ mod tests {
     #[tokio::test]
     async fn nads_confirming_at_once_share_one_live_list() {
         let (ctx, mut api) = context(&[]);
+        let mut shared = ctx.shared.clone();
+        shared.settings.live_list_gather = LIVE_LIST_GATHER;
+        let ctx = Arc::new(Context::new(shared, ctx.nads.clone()));
         let names = ["net-a", "net-b", "net-c"];
         let tasks: Vec<_> = names
             .iter()
@@ -730,9 +743,8 @@ mod tests {
                 tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()))
             })
             .collect();
-        // The first caller leads LIST 1; the two that ask while it runs may
-        // not use it (a pod created before they asked could be missing from
-        // it) and share LIST 2.
+        // The first caller leads the LIST and waits LIVE_LIST_GATHER before
+        // starting it; the two that ask meanwhile share it.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut lists = 0;
         let mut released = Vec::new();
@@ -759,9 +771,9 @@ mod tests {
         }
         released.sort();
         assert_eq!(released, names);
-        assert_eq!(lists, 2, "three NADs, two LISTs");
+        assert_eq!(lists, 1, "three NADs, one LIST");
         let metrics = ctx.shared.metrics.render();
-        assert!(metrics.contains("nadc_live_pod_lists_total 2"), "{metrics}");
+        assert!(metrics.contains("nadc_live_pod_lists_total 1"), "{metrics}");
     }
 
     #[tokio::test]
@@ -899,6 +911,9 @@ mod tests {
         let subscriber =
             tracing_subscriber::registry().with(crate::runtime::telemetry::otel_layer(&provider));
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Other tests' threads may have cached "no interest" for the spans
+        // this one looks for; make every callsite ask this subscriber again.
+        tracing::callsite::rebuild_interest_cache();
 
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &[names::FINALIZER]);

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 
 #[derive(Debug, Default)]
 struct State<T> {
-    /// LISTs started so far; the running one, if any, is number `started`.
+    /// LISTs started so far; the running one, if any, is number `started`
+    /// (while its leader still gathers callers, it is `started + 1`).
     started: u64,
     /// The highest-numbered LIST that has finished.
     completed: u64,
@@ -24,11 +25,22 @@ struct State<T> {
 pub struct SharedList<T> {
     state: Mutex<State<T>>,
     finished: watch::Sender<u64>,
+    /// How long a leader waits before it starts the LIST, so that callers
+    /// asking within that moment share it (a namespace deletion frees its
+    /// NADs over a second or two, not all at once).
+    gather: std::time::Duration,
 }
 
 impl<T> Default for SharedList<T> {
     fn default() -> Self {
+        Self::with_gather(std::time::Duration::ZERO)
+    }
+}
+
+impl<T> SharedList<T> {
+    pub fn with_gather(gather: std::time::Duration) -> Self {
         SharedList {
+            gather,
             state: Mutex::new(State {
                 started: 0,
                 completed: 0,
@@ -73,13 +85,18 @@ impl<T> SharedList<T> {
                 if s.running {
                     false
                 } else {
+                    // The LIST counts as started only after the gathering
+                    // moment: whoever asks meanwhile may still use it.
                     s.running = true;
-                    s.started += 1;
                     true
                 }
             };
             if lead {
                 let mut guard = Lead(self, false);
+                if !self.gather.is_zero() {
+                    tokio::time::sleep(self.gather).await;
+                }
+                self.state.lock().unwrap().started += 1;
                 let result = Arc::new(fetch().await);
                 let seq = {
                     let mut s = self.state.lock().unwrap();
@@ -153,6 +170,29 @@ mod tests {
             assert_eq!(t.await.unwrap(), 2);
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_within_the_gathering_moment_share_the_leaders_list() {
+        let shared = Arc::new(SharedList::<u64>::with_gather(
+            std::time::Duration::from_millis(500),
+        ));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let calls: Vec<_> = (0..5u64)
+            .map(|i| {
+                let (s, f) = (shared.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    // arriving 100 ms apart, all within the leader's 500 ms
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * i)).await;
+                    *s.fresh(|| async { f.fetch_add(1, Ordering::SeqCst) + 1 })
+                        .await
+                })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), 1);
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -97,6 +97,7 @@ impl RunArgs {
             multus_namespace: self.multus_namespace.clone(),
             max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
             list_page_size: self.list_page_size,
+            ..Default::default()
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Settings {
     pub multus_namespace: String,
     pub max_endpoints_per_slice: usize,
     pub list_page_size: u32,
+    /// How long the shared live LIST of pods waits for more NADs to join it.
+    pub live_list_gather: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -29,6 +31,7 @@ impl Default for Settings {
             multus_namespace: names::DEFAULT_MULTUS_NAMESPACE.into(),
             max_endpoints_per_slice: crate::endpoints::slices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
             list_page_size: 500,
+            live_list_gather: crate::protection::controller::LIVE_LIST_GATHER,
         }
     }
 }
