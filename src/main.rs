@@ -65,16 +65,32 @@ async fn client(cli: &Cli) -> anyhow::Result<kube::Client> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn termination() {
+/// SIGTERM or SIGINT, from the moment this is called for the rest of the
+/// process: one listener for the whole life of `run`, so that a signal that
+/// lands between two phases (a standby becoming leader) is never lost, as it
+/// would be with a new listener per phase. The returned function gives a
+/// future that resolves once the signal has arrived, even long before.
+fn termination() -> impl Fn() -> futures::future::BoxFuture<'static, ()> {
+    let (tx, rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received, shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+        }
+        let _ = tx.send(true);
+    });
+    move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|received| *received).await;
+        })
     }
 }
 
 async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
+    let termination = termination();
     let listener = match http::bind(args.http_addr).await {
         Ok(l) => l,
         Err(e) => {
