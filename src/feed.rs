@@ -3,16 +3,15 @@
 //! controller exactly which of its objects the change concerns: the NADs
 //! whose users changed, the Services that select the pod.
 
-use crate::endpoints::controller::services_selecting;
+use crate::endpoints::controller::SharedSelectors;
 use crate::index::PodChange;
 use crate::model::{ObjectKey, PodLite, PodView};
 use crate::names;
 use crate::runtime::Shared;
 use futures::{StreamExt, channel::mpsc::UnboundedSender};
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{HashMap, HashSet};
 #[cfg(test)]
@@ -70,7 +69,7 @@ impl ProblemLog {
     }
 }
 
-pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
+pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
     let api: Api<PodLite> = Api::all(shared.client.clone());
     let config = watcher::Config::default()
         .any_semantic()
@@ -121,7 +120,11 @@ pub async fn run(shared: Shared, services: Store<Service>, out: Outputs) {
                     .iter()
                     .chain(change.new.iter())
                     .map(|p| &p.labels);
-                for svc in services_selecting(&services, &pod.key.namespace, labels) {
+                let selecting = services
+                    .read()
+                    .expect("service selector index lock")
+                    .selecting(&pod.key.namespace, labels);
+                for svc in selecting {
                     let _ = out.services.unbounded_send(svc);
                 }
             }
@@ -199,7 +202,7 @@ mod tests {
     async fn start_up_while_the_api_is_down_waits_and_recovers() {
         let (client, mut api) = fixtures::mock_client();
         let (shared, synced_tx) = Shared::new(client, Default::default(), Default::default(), None);
-        let (services, _w) = kube::runtime::reflector::store::<Service>();
+        let services = SharedSelectors::default();
         let (nads, mut nad_rx) = futures::channel::mpsc::unbounded();
         let (svcs, _svc_rx) = futures::channel::mpsc::unbounded();
         let (resync, _resync_rx) = futures::channel::mpsc::unbounded();

@@ -156,11 +156,11 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     let (nad_tx, nad_rx) = futures::channel::mpsc::unbounded();
     let (svc_tx, svc_rx) = futures::channel::mpsc::unbounded();
     let (resync_tx, resync_rx) = futures::channel::mpsc::unbounded();
-    let (services, service_events, deleted_services) =
+    let (services, selectors, service_events, deleted_services) =
         endpoints::controller::service_watch(client.clone());
     let feed_task = tokio::spawn(feed::run(
         shared.clone(),
-        services.clone(),
+        selectors,
         feed::Outputs {
             nads: nad_tx,
             services: svc_tx,

@@ -8,6 +8,7 @@
 use super::desired::desired_endpoints;
 use super::intent::{Intent, service_intent};
 use super::leftovers::{self, Cleanup, SliceRef, classify_service_slices, plan_cleanup};
+use super::selecting::ServiceSelectors;
 use super::slices::{SliceOwner, SlicePlan, plan_slices};
 use super::tracker::SliceTracker;
 use crate::model::ObjectKey;
@@ -652,15 +653,21 @@ pub async fn run(
 /// The Service watch: a reflector whose store the pod feed reads to find the
 /// Services a pod change concerns, and the Services it saw deleted.
 #[allow(clippy::type_complexity)]
+/// The selectors of the opted-in Services, kept from the Service watch.
+pub type SharedSelectors = Arc<std::sync::RwLock<ServiceSelectors>>;
+
 pub fn service_watch(
     client: kube::Client,
 ) -> (
     Store<Service>,
+    SharedSelectors,
     impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
     impl Stream<Item = Service> + Send + 'static,
 ) {
     let api: Api<Service> = Api::all(client);
     let (reader, writer) = reflector::store();
+    let selectors = SharedSelectors::default();
+    let index = selectors.clone();
     let (deleted_tx, deleted_rx) = futures::channel::mpsc::unbounded();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -669,33 +676,18 @@ pub fn service_watch(
         })
         .reflect(writer)
         .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(svc)) = event {
-                let _ = deleted_tx.unbounded_send(svc.clone());
+            if let Ok(event) = event {
+                index
+                    .write()
+                    .expect("service selector index lock")
+                    .apply_watcher_event(event);
+                if let watcher::Event::Delete(svc) = event {
+                    let _ = deleted_tx.unbounded_send(svc.clone());
+                }
             }
         })
         .applied_objects();
-    (reader, stream, deleted_rx)
-}
-
-/// Services in `namespace` that opt in and whose selector matches any of
-/// the given label sets (a pod's labels before and after a change).
-pub fn services_selecting<'a>(
-    services: &Store<Service>,
-    namespace: &str,
-    labels: impl IntoIterator<Item = &'a crate::model::Labels> + Clone,
-) -> Vec<ObjectKey> {
-    services
-        .state()
-        .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|s| match service_intent(s) {
-            Intent::OptedIn { selector, .. } => {
-                labels.clone().into_iter().any(|l| selector.matches(l))
-            }
-            _ => false,
-        })
-        .map(|s| ObjectKey::of(s.as_ref()))
-        .collect()
+    (reader, selectors, stream, deleted_rx)
 }
 
 #[cfg(test)]
@@ -1155,7 +1147,7 @@ mod tests {
 
     #[test]
     fn pod_changes_reach_only_the_services_that_select_the_pod() {
-        let (store, mut writer) = reflector::store::<Service>();
+        let mut index = ServiceSelectors::default();
         let mut other_ns = (*opted_in()).clone();
         other_ns.metadata.namespace = Some("elsewhere".into());
         let mut other_sel = (*opted_in()).clone();
@@ -1167,11 +1159,11 @@ mod tests {
             .unwrap()
             .insert(names::SELECTOR_ANNOTATION.into(), "app=other".into());
         for s in [(*opted_in()).clone(), other_ns, other_sel] {
-            writer.apply_watcher_event(&watcher::Event::Apply(s));
+            index.apply_watcher_event(&watcher::Event::Apply(s));
         }
         let labels = crate::model::Labels::from([("app", "hostnames")]);
         assert_eq!(
-            services_selecting(&store, "default", [&labels]),
+            index.selecting("default", [&labels]),
             vec![ObjectKey::new("default", "hostnames")]
         );
     }

@@ -5,12 +5,14 @@
 //! it should have) → `slices` (the creates/updates/deletes that get the
 //! current slices there). `leftovers` sorts the other slices under the
 //! Service's name (Kubernetes' orphans, mirrored, foreign) and decides their
-//! cleanup. `tracker` guards against acting on a stale cache.
+//! cleanup. `tracker` guards against acting on a stale cache; `selecting`
+//! answers which opted-in Services select a pod.
 //! `controller` is the IO shell around them.
 
 pub mod controller;
 pub mod desired;
 pub mod intent;
 pub mod leftovers;
+pub mod selecting;
 pub mod slices;
 pub mod tracker;
