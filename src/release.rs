@@ -37,14 +37,7 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
                 else {
                     break;
                 };
-                match ns_api
-                    .patch_metadata(
-                        &key.name,
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(patch),
-                    )
-                    .await
-                {
+                match json_patch(&ns_api, &key.name, patch).await {
                     Ok(_) => {
                         outcome = Released::Removed(key.clone());
                         break;
@@ -66,14 +59,7 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
             // The label goes too; a 404 (released and gone) or 422 (already
             // off, or another NAD under that name) leaves nothing to do.
             if let Some(patch) = remove_marker_patch(&NadState::from_meta(&nad.metadata)) {
-                match ns_api
-                    .patch_metadata(
-                        &key.name,
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(patch),
-                    )
-                    .await
-                {
+                match json_patch(&ns_api, &key.name, patch).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {}
                     Err(e) => return Err(Error::kube("removing the in-use label from", &key)(e)),
@@ -101,4 +87,15 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
         done.len()
     );
     Ok(done)
+}
+
+/// One JSON patch of a NAD's metadata.
+async fn json_patch(
+    api: &Api<NetworkAttachmentDefinition>,
+    name: &str,
+    patch: json_patch::Patch,
+) -> kube::Result<()> {
+    api.patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map(|_| ())
 }

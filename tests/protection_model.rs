@@ -760,13 +760,18 @@ async fn run(steps: Vec<Step>) {
     }
 }
 
-fn block_on(steps: Vec<Step>) {
+/// A single-threaded runtime with paused time: the controller's backoffs
+/// and the live LIST's gathering moment pass at once.
+fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap()
-        .block_on(run(steps));
+}
+
+fn block_on(steps: Vec<Step>) {
+    paused_runtime().block_on(run(steps));
 }
 
 proptest! {
@@ -915,12 +920,7 @@ fn network_status_holds_a_nad_the_annotation_no_longer_names() {
 /// is not being deleted.
 #[test]
 fn a_recreated_nad_is_never_stripped_from_a_stale_cache() {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-        .block_on(async {
+    paused_runtime().block_on(async {
             let state = Arc::new(Mutex::new(ApiState::default()));
             let key = nad_key(0);
             state.lock().unwrap().nads.insert(key.clone(), json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": "nad-old", "resourceVersion": "1", "finalizers": [FINALIZER], "deletionTimestamp": "2026-11-27T10:00:00Z"}}));

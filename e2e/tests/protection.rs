@@ -171,10 +171,27 @@ async fn policy_version(client: &kube::Client) -> Option<&'static str> {
     None
 }
 
-fn dynamic(version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("admissionregistration.k8s.io", version, kind),
-        plural,
+fn admission_api(
+    client: &kube::Client,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("admissionregistration.k8s.io", version, kind),
+            plural,
+        ),
+    )
+}
+
+fn bindings_api(client: &kube::Client, version: &str) -> Api<DynamicObject> {
+    admission_api(
+        client,
+        version,
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
     )
 }
 
@@ -190,13 +207,11 @@ async fn install_policy(client: &kube::Client, version: &str, namespaces: &[&str
         .unwrap()
         .clone();
     policy["apiVersion"] = json!(format!("admissionregistration.k8s.io/{version}"));
-    let policies: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &dynamic(
-            version,
-            "ValidatingAdmissionPolicy",
-            "validatingadmissionpolicies",
-        ),
+    let policies = admission_api(
+        client,
+        version,
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
     );
     let ssa = PatchParams::apply("nadc-e2e").force();
     policies
@@ -216,14 +231,7 @@ async fn install_policy(client: &kube::Client, version: &str, namespaces: &[&str
             ]}}
         }
     });
-    let bindings: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &dynamic(
-            version,
-            "ValidatingAdmissionPolicyBinding",
-            "validatingadmissionpolicybindings",
-        ),
-    );
+    let bindings = bindings_api(client, version);
     bindings
         .patch(&binding_name, &ssa, &Patch::Apply(&binding))
         .await
@@ -232,14 +240,7 @@ async fn install_policy(client: &kube::Client, version: &str, namespaces: &[&str
 }
 
 async fn remove_binding(client: &kube::Client, version: &str, name: &str) {
-    let bindings: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &dynamic(
-            version,
-            "ValidatingAdmissionPolicyBinding",
-            "validatingadmissionpolicybindings",
-        ),
-    );
+    let bindings = bindings_api(client, version);
     let _ = bindings.delete(name, &DeleteParams::default()).await;
 }
 
