@@ -734,10 +734,11 @@ pub fn main(args: &PlanArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoints::by_service::SliceCache;
     use crate::fixtures;
     use crate::protection::decide::sync_patch;
     use http::Method;
-    use kube::runtime::{reflector, watcher};
+    use kube::runtime::reflector;
     use serde_json::json;
     use std::sync::Arc;
 
@@ -953,13 +954,10 @@ mod tests {
                 .unwrap()
                 .upsert(PodView::new(pod.clone(), "kube-system"));
         }
-        let (store, mut writer) = reflector::store();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitDone);
         let ctx = Arc::new(crate::endpoints::controller::Context::new(
             shared.clone(),
-            store,
-            fixtures::synced_store([]),
+            Arc::new(SliceCache::synced([])),
+            Arc::new(SliceCache::synced([])),
         ));
         let svc = snapshot
             .services

@@ -5,6 +5,7 @@
 //! Service it also asks `leftovers` about the other slices under its name
 //! (watched metadata-only) and applies that cleanup.
 
+use super::by_service::{SliceCache, service_of};
 use super::desired::desired_endpoints;
 use super::intent::{Intent, service_intent};
 use super::leftovers::{self, Cleanup, SliceRef, classify_service_slices, plan_cleanup};
@@ -34,12 +35,14 @@ pub const RESYNC: Duration = Duration::from_secs(1800);
 /// Retry delay when the slice cache has not caught up with our writes.
 pub const STALE_RETRY: Duration = Duration::from_millis(500);
 
+/// Our slices, by Service.
+pub type OurSlices = Arc<SliceCache<EndpointSlice>>;
 /// Metadata of the slices labelled with a Service name that are not ours.
-pub type OtherSlices = Store<PartialObjectMeta<EndpointSlice>>;
+pub type OtherSlices = Arc<SliceCache<PartialObjectMeta<EndpointSlice>>>;
 
 pub struct Context {
     pub shared: Shared,
-    pub slices: Store<EndpointSlice>,
+    pub slices: OurSlices,
     pub others: OtherSlices,
     tracker: Mutex<SliceTracker>,
     /// Last opt-in Warning per Service, so an unchanged one is not repeated.
@@ -56,7 +59,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(shared: Shared, slices: Store<EndpointSlice>, others: OtherSlices) -> Self {
+    pub fn new(shared: Shared, slices: OurSlices, others: OtherSlices) -> Self {
         Context {
             shared,
             slices,
@@ -94,9 +97,9 @@ pub fn is_ours_for(slice: &EndpointSlice, svc: &ObjectKey) -> bool {
 }
 
 /// Our slices for this Service, as the cache holds them.
-pub fn cached_slices(store: &Store<EndpointSlice>, svc: &ObjectKey) -> Vec<EndpointSlice> {
-    store
-        .state()
+pub fn cached_slices(cache: &SliceCache<EndpointSlice>, svc: &ObjectKey) -> Vec<EndpointSlice> {
+    cache
+        .of(svc)
         .iter()
         .filter(|s| is_ours_for(s, svc))
         .map(|s| (**s).clone())
@@ -155,19 +158,6 @@ pub fn decide_service(
     }
 }
 
-/// How soon a reconcile that found the slice caches unsynced runs again.
-const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
-
-async fn store_ready<K>(store: &Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready())
-        .await
-        .is_ok_and(|r| r.is_ok())
-}
-
 #[instrument(name = "reconcile secondary-endpoints", skip_all, fields(
     controller = names::ENDPOINTS_CONTROLLER,
     kind = "Service",
@@ -180,15 +170,11 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     let metrics = ctx.shared.metrics.clone();
     let _timer = metrics.reconcile(names::ENDPOINTS_CONTROLLER, trace_id);
     ctx.shared.pods_ready().await;
-    // Planning from an unsynced slice cache would create duplicates. The
-    // slice caches are fed by streams of this same controller: never block
-    // a reconcile on them (a reconcile that waits cannot finish, and the
-    // controller would hold every later request for this Service behind
-    // it); come back shortly instead.
-    if !store_ready(&ctx.slices).await || !store_ready(&ctx.others).await {
-        debug!("the EndpointSlice caches are not synced yet; retrying shortly");
-        return Ok(Action::requeue(CACHE_SYNC_RETRY));
-    }
+    // Planning from an unsynced slice cache would create duplicates. Their
+    // watches run in their own task (see `run`), so waiting here cannot
+    // keep them from syncing.
+    ctx.slices.ready().await;
+    ctx.others.ready().await;
 
     let key = ObjectKey::of(svc.as_ref());
     let current = cached_slices(&ctx.slices, &key);
@@ -222,7 +208,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     let cleanup = {
-        let others = ctx.others.state();
+        let others = ctx.others.of(&key);
         decide_cleanup(&svc, &decision.intent, others.iter().map(|m| &m.metadata))
     };
     if let (Intent::OptedIn { network, .. }, false) = (&decision.intent, cleanup.foreign.is_empty())
@@ -523,15 +509,43 @@ pub fn other_slices_selector() -> String {
 
 /// The Service a slice is labelled with, when that Service opts in: a change
 /// of any other slice is none of our business.
-fn opted_in_service_of(
-    services: &Store<Service>,
-    slice: &PartialObjectMeta<EndpointSlice>,
-) -> Option<ObjectRef<Service>> {
-    let namespace = slice.metadata.namespace.as_deref()?;
-    let name = slice.labels().get(names::LABEL_SERVICE_NAME)?;
-    let svc_ref = ObjectRef::<Service>::new(name).within(namespace);
-    let svc = services.get(&svc_ref)?;
-    matches!(service_intent(&svc), Intent::OptedIn { .. }).then_some(svc_ref)
+fn is_opted_in(services: &Store<Service>, svc: &ObjectKey) -> bool {
+    let svc_ref = ObjectRef::<Service>::new(&svc.name).within(&svc.namespace);
+    services
+        .get(&svc_ref)
+        .is_some_and(|svc| matches!(service_intent(&svc), Intent::OptedIn { .. }))
+}
+
+/// Drives one slice watch into its cache, and asks for a reconcile of the
+/// Service of each slice it changes (when `concerns` that Service).
+async fn feed_cache<K>(
+    watch: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    cache: Arc<SliceCache<K>>,
+    triggers: futures::channel::mpsc::UnboundedSender<ObjectKey>,
+    concerns: impl Fn(&ObjectKey) -> bool,
+) where
+    K: kube::Resource + Clone,
+{
+    let mut watch = std::pin::pin!(watch);
+    while let Some(event) = watch.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                debug!(error = %e, "EndpointSlice watch; retrying with backoff");
+                continue;
+            }
+        };
+        cache.apply(&event);
+        let touched = match &event {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
+                Some(s)
+            }
+            _ => None,
+        };
+        if let Some(svc) = touched.and_then(service_of).filter(|svc| concerns(svc)) {
+            let _ = triggers.unbounded_send(svc);
+        }
+    }
 }
 
 /// Deletes the slices a deleted Service leaves behind. The garbage collector
@@ -584,10 +598,14 @@ pub async fn run(
     resync_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let slice_api: Api<EndpointSlice> = Api::all(shared.client.clone());
-    let (slices, writer) = reflector::store();
-    let slice_stream = watcher(
-        slice_api,
+    // Both slice watches feed their caches from their own futures, joined
+    // below, never from inside the controller: a reconcile waits for the
+    // caches to sync, and the controller stops polling its own streams
+    // while its reconciles are busy.
+    let (slice_triggers, triggered) = futures::channel::mpsc::unbounded();
+    let slices = OurSlices::default();
+    let our_watch = watcher(
+        Api::<EndpointSlice>::all(shared.client.clone()),
         watcher::Config::default()
             .labels(&managed_slices_selector())
             .any_semantic(),
@@ -595,14 +613,13 @@ pub async fn run(
     .default_backoff()
     .modify(|s| {
         s.managed_fields_mut().clear();
-    })
-    .reflect(writer)
-    .touched_objects();
+    });
+    let ours = feed_cache(our_watch, slices.clone(), slice_triggers.clone(), |_| true);
     // Everyone else's slices, metadata only: enough to classify and delete
-    // them, at a fraction of the bytes of whole slices.
-    let (others, others_writer) = reflector::store();
-    let services_of_others = services.clone();
-    let other_triggers = watcher(
+    // them, at a fraction of the bytes of whole slices. Only those under an
+    // opted-in Service's name concern us.
+    let others = OtherSlices::default();
+    let other_watch = watcher(
         Api::<PartialObjectMeta<EndpointSlice>>::all(shared.client.clone()),
         watcher::Config::default()
             .labels(&other_slices_selector())
@@ -612,29 +629,23 @@ pub async fn run(
     .modify(|s| {
         s.managed_fields_mut().clear();
         s.annotations_mut().clear();
-    })
-    .reflect(others_writer)
-    .touched_objects()
-    .filter_map(move |res| {
-        futures::future::ready(match res {
-            Ok(slice) => opted_in_service_of(&services_of_others, &slice),
-            Err(e) => {
-                debug!(error = %e, "watch of the other EndpointSlices");
-                None
-            }
-        })
+    });
+    let services_of_others = services.clone();
+    let theirs = feed_cache(other_watch, others.clone(), slice_triggers, move |svc| {
+        is_opted_in(&services_of_others, svc)
     });
     let ctx = Arc::new(Context::new(shared, slices, others));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
+    let slice_refs =
+        triggered.map(|key: ObjectKey| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
     let orphans_ctx = ctx.clone();
     let orphans = deleted.for_each(move |svc| {
         let ctx = orphans_ctx.clone();
         async move { delete_orphans(&ctx, &svc).await }
     });
     let controller = Controller::for_stream(service_events, services)
-        .owns_stream(slice_stream)
         .reconcile_on(refs)
-        .reconcile_on(other_triggers)
+        .reconcile_on(slice_refs)
         .reconcile_all_on(resync_all)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -643,10 +654,12 @@ pub async fn run(
                 tracing::debug!(error = %e, "secondary-endpoints");
             }
         });
-    // The orphan sweep ends with the controller.
+    // The orphan sweep and the slice watches end with the controller.
     tokio::select! {
         _ = controller => {}
         _ = orphans => {}
+        _ = ours => {}
+        _ = theirs => {}
     }
 }
 
@@ -748,8 +761,8 @@ mod tests {
             .map(|m| serde_json::from_value(json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m})).unwrap());
         let ctx = Context::new(
             shared,
-            fixtures::synced_store(slices.iter().cloned()),
-            fixtures::synced_store(others),
+            Arc::new(SliceCache::synced(slices.iter().cloned())),
+            Arc::new(SliceCache::synced(others)),
         );
         (Arc::new(ctx), verifier)
     }
@@ -799,6 +812,31 @@ mod tests {
         assert_eq!(slice.labels()[names::LABEL_SERVICE_NAME], "hostnames");
         assert_eq!(slice.labels()[names::LABEL_MANAGED_BY], names::MANAGED_BY);
         assert_eq!(slice.owner_references()[0].uid, "svc-uid");
+    }
+
+    /// Planning before our slices are known would create duplicates: the
+    /// reconcile waits for the cache (fed by its own task) and sends
+    /// nothing until then, then plans from what the list delivered.
+    #[tokio::test]
+    async fn a_reconcile_waits_for_the_slice_cache_to_sync() {
+        let pods = [hostnames_pod("hostnames-1", "192.168.0.51", true)];
+        let existing = first_sight(&pods).await;
+        let (synced, mut api) = context(&pods, &[]);
+        let slices = OurSlices::default();
+        let ctx = Arc::new(Context::new(
+            synced.shared.clone(),
+            slices.clone(),
+            synced.others.clone(),
+        ));
+        let task = tokio::spawn(reconcile(opted_in(), ctx));
+        api.expect_silence().await;
+        assert!(!task.is_finished());
+        slices.apply(&watcher::Event::Init);
+        slices.apply(&watcher::Event::InitApply(existing));
+        slices.apply(&watcher::Event::InitDone);
+        // the existing slice is already right: nothing to send
+        assert_eq!(task.await.unwrap().unwrap(), Action::requeue(RESYNC));
+        api.expect_silence().await;
     }
 
     #[tokio::test]
@@ -1127,22 +1165,29 @@ mod tests {
         api.expect_silence().await;
     }
 
-    #[test]
-    fn only_slices_of_opted_in_services_trigger_a_reconcile() {
+    #[tokio::test]
+    async fn only_slices_of_opted_in_services_trigger_a_reconcile() {
         let mut plain = (*service(json!({}), json!({}))).clone();
         plain.metadata.name = Some("plain".into());
         let services = fixtures::synced_store([(*opted_in()).clone(), plain]);
         let slice = |svc: &str| -> PartialObjectMeta<EndpointSlice> {
-            let mut m = other_slice("x", Some(names::KUBERNETES_SLICE_MANAGER));
+            let mut m = other_slice(&format!("{svc}-x"), Some(names::KUBERNETES_SLICE_MANAGER));
             m["labels"][names::LABEL_SERVICE_NAME] = json!(svc);
             serde_json::from_value(json!({"metadata": m})).unwrap()
         };
-        assert_eq!(
-            opted_in_service_of(&services, &slice("hostnames")),
-            Some(ObjectRef::new("hostnames").within("default"))
-        );
-        assert_eq!(opted_in_service_of(&services, &slice("plain")), None);
-        assert_eq!(opted_in_service_of(&services, &slice("unknown")), None);
+        let events =
+            ["hostnames", "plain", "unknown"].map(|svc| Ok(watcher::Event::Apply(slice(svc))));
+        let cache = OtherSlices::default();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        feed_cache(futures::stream::iter(events), cache.clone(), tx, |svc| {
+            is_opted_in(&services, svc)
+        })
+        .await;
+        let triggered: Vec<ObjectKey> = rx.collect().await;
+        assert_eq!(triggered, [ObjectKey::new("default", "hostnames")]);
+        // every slice is cached, filed under its Service
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.of(&ObjectKey::new("default", "plain")).len(), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! answers which opted-in Services select a pod.
 //! `controller` is the IO shell around them.
 
+pub mod by_service;
 pub mod controller;
 pub mod desired;
 pub mod intent;

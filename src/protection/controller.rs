@@ -24,9 +24,12 @@ use tracing::{Instrument, debug, info, instrument};
 
 pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
 
-/// NADs reconciled at once. Confirmations share one live LIST however many
-/// wait, so this bounds API calls and memory, not throughput.
-pub const CONCURRENCY: u16 = 16;
+/// NAD reconciles talking to the API server at once. A reconcile holds one
+/// of these slots while it writes or reports, never while it waits for the
+/// shared live LIST: the NADs freed by one namespace deletion all wait for
+/// the same LIST instead of queueing for slots, one batch of 16 (and one
+/// LIST) after another.
+pub const API_CONCURRENCY: usize = 16;
 
 /// How long the first NAD to confirm its release waits for others before
 /// the shared live LIST starts (see `live::SharedList`).
@@ -46,6 +49,8 @@ pub struct Context {
     writes: Mutex<NadWrites>,
     /// The live LIST that NADs confirming their release share.
     live: SharedList<Result<LiveUsage, Arc<kube::Error>>>,
+    /// Slots for reconciles that call the API server (`API_CONCURRENCY`).
+    api_slots: tokio::sync::Semaphore,
     retries: crate::runtime::retry::Retries,
 }
 
@@ -58,6 +63,7 @@ impl Context {
             last_blocked: Mutex::default(),
             writes: Mutex::default(),
             live: SharedList::with_gather(gather),
+            api_slots: tokio::sync::Semaphore::new(API_CONCURRENCY),
             retries: Default::default(),
         }
     }
@@ -104,11 +110,18 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         debug!("the NAD cache has not seen our last write yet; waiting for it");
         return Ok(Action::await_change());
     }
+    let slot = || async {
+        ctx.api_slots
+            .acquire()
+            .await
+            .expect("the API slots are never closed")
+    };
     let action = match decision {
         Decision::Sync {
             add_finalizer,
             mark_in_use,
         } => {
+            let _slot = slot().await;
             sync_metadata(&ctx, &state, add_finalizer, mark_in_use).await?;
             Action::await_change()
         }
@@ -117,11 +130,14 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             Action::await_change()
         }
         Decision::Blocked { users } => {
+            let _slot = slot().await;
             report_blocked(&ctx, &nad, &users).await;
             Action::requeue(BLOCKED_RECHECK)
         }
         Decision::ConfirmRelease => {
+            // Waits for the shared LIST without a slot.
             let live = live_users(&ctx, &state.key).await?;
+            let _slot = slot().await;
             // A pod the watch delivered while the LIST was paging is in the
             // index by now: look once more, right before the patch.
             let cached_now = ctx
@@ -480,7 +496,10 @@ pub async fn run(
     let ctx = Arc::new(Context::new(shared, reader.clone()));
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
     Controller::for_stream(stream, reader)
-        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        // Unbounded here: `API_CONCURRENCY` bounds the reconciles that call
+        // the API server, and a reconcile waiting for the shared live LIST
+        // is a small future parked on a channel.
+        .with_config(controller::Config::default().concurrency(0))
         .reconcile_on(refs)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -733,7 +752,11 @@ mod tests {
         let mut shared = ctx.shared.clone();
         shared.settings.live_list_gather = LIVE_LIST_GATHER;
         let ctx = Arc::new(Context::new(shared, ctx.nads.clone()));
-        let names = ["net-a", "net-b", "net-c"];
+        // More NADs than API slots: waiting for the LIST takes no slot, so
+        // all of them wait for the same LIST.
+        let names: Vec<String> = (0..API_CONCURRENCY * 2 + 3)
+            .map(|i| format!("net-{i:02}"))
+            .collect();
         let tasks: Vec<_> = names
             .iter()
             .map(|name| {
@@ -744,8 +767,9 @@ mod tests {
             })
             .collect();
         // The first caller leads the LIST and waits LIVE_LIST_GATHER before
-        // starting it; the two that ask meanwhile share it.
+        // starting it; the others that ask meanwhile share it.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ctx.api_slots.available_permits(), API_CONCURRENCY);
         let mut lists = 0;
         let mut released = Vec::new();
         while let Some(ex) = api.next_within(Duration::from_millis(500)).await {
@@ -771,7 +795,7 @@ mod tests {
         }
         released.sort();
         assert_eq!(released, names);
-        assert_eq!(lists, 1, "three NADs, one LIST");
+        assert_eq!(lists, 1, "{} NADs, one LIST", names.len());
         let metrics = ctx.shared.metrics.render();
         assert!(metrics.contains("nadc_live_pod_lists_total 1"), "{metrics}");
     }

@@ -324,13 +324,34 @@ async fn main() -> anyhow::Result<()> {
             .delete(&doomed.ns, &Default::default())
             .await
             .context("delete the mass-deletion namespace")?;
+        // The namespace controller's own schedule sets most of this time:
+        // it starts 5 s after the delete, and when a pass leaves anything
+        // with a finalizer behind it looks again about 5 s later. So also
+        // time our part: from the pass marking the NADs deleted until the
+        // last of them is gone.
+        let (mut nads_deleting, mut nads_gone) = (None, None);
         while namespaces.get_opt(&doomed.ns).await?.is_some() {
             if deleted_at.elapsed() > Duration::from_secs(300) {
                 bail!("namespace {} not gone after 300 s", doomed.ns);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if nads_gone.is_none() {
+                let left = doomed_nads
+                    .list_metadata(&ListParams::default())
+                    .await?
+                    .items;
+                if nads_deleting.is_none()
+                    && left.iter().any(|n| n.metadata.deletion_timestamp.is_some())
+                {
+                    nads_deleting = Some(deleted_at.elapsed());
+                }
+                if left.is_empty() {
+                    nads_gone = Some(deleted_at.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let namespace_gone = deleted_at.elapsed();
+        let nads_gone = nads_gone.unwrap_or(namespace_gone);
         let live_lists = metric(&args.http_addr, "nadc_live_pod_lists_total").await? - lists_before;
 
         // 5. the in-use label's cost: 1,000 pods sharing 10 NADs come and go
@@ -410,6 +431,8 @@ async fn main() -> anyhow::Result<()> {
             "cold_start_nad_patches": cold_start_nad_patches,
             "mass_deletion_nads": args.nads,
             "mass_deletion_namespace_gone_seconds": namespace_gone.as_secs_f64(),
+            "mass_deletion_nads_deleting_seconds": nads_deleting.map(|d| d.as_secs_f64()),
+            "mass_deletion_nads_gone_seconds": nads_gone.as_secs_f64(),
             "mass_deletion_live_pod_lists": live_lists,
             "marker_churn": format!("{CHURN_PODS} pods over {CHURN_NADS} NADs created and deleted"),
             "marker_writes_in_churn": marker_writes,

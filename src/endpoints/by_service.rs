@@ -1,0 +1,257 @@
+//! EndpointSlices grouped by the Service their `kubernetes.io/service-name`
+//! label names, kept from a watch. A reconcile reads its own Service's
+//! slices in O(its slices), never a scan of every slice in the cluster
+//! (every Service has at least one slice of Kubernetes' own).
+//!
+//! The cache is driven by its own task, never by the controller that reads
+//! it, so a reconcile may wait for it to sync: nothing the reconcile holds
+//! can keep the watch from being polled.
+
+use crate::model::ObjectKey;
+use crate::names;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// The slices of every Service, by Service and slice name.
+#[derive(Debug)]
+pub struct ByService<K> {
+    by_service: HashMap<ObjectKey, HashMap<String, Arc<K>>>,
+    /// The Service each slice was filed under, to move or drop it.
+    filed_under: HashMap<ObjectKey, ObjectKey>,
+    /// The slices of a re-list in progress, swapped in at `InitDone`.
+    relist: Option<Vec<K>>,
+}
+
+impl<K> Default for ByService<K> {
+    fn default() -> Self {
+        ByService {
+            by_service: HashMap::new(),
+            filed_under: HashMap::new(),
+            relist: None,
+        }
+    }
+}
+
+/// The Service a slice belongs to, by its label; `None` for a slice without
+/// one (never a Service's, as far as kube-proxy is concerned).
+pub fn service_of<K: ResourceExt>(slice: &K) -> Option<ObjectKey> {
+    Some(ObjectKey::new(
+        slice.namespace()?,
+        slice.labels().get(names::LABEL_SERVICE_NAME)?,
+    ))
+}
+
+impl<K: ResourceExt + Clone> ByService<K> {
+    /// Applies one watch event. `InitDone` replaces the whole content with
+    /// what the re-list delivered, so slices deleted while the watch was
+    /// down are dropped.
+    pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => self.relist = Some(Vec::new()),
+            watcher::Event::InitApply(slice) => {
+                self.relist.get_or_insert_with(Vec::new).push(slice.clone());
+            }
+            watcher::Event::InitDone => {
+                self.by_service.clear();
+                self.filed_under.clear();
+                for slice in self.relist.take().unwrap_or_default() {
+                    self.insert(slice);
+                }
+            }
+            watcher::Event::Apply(slice) => {
+                self.remove(slice);
+                self.insert(slice.clone());
+            }
+            watcher::Event::Delete(slice) => self.remove(slice),
+        }
+    }
+
+    fn insert(&mut self, slice: K) {
+        let (Some(svc), Some(ns)) = (service_of(&slice), slice.namespace()) else {
+            return;
+        };
+        let name = slice.name_any();
+        self.filed_under
+            .insert(ObjectKey::new(ns, &name), svc.clone());
+        self.by_service
+            .entry(svc)
+            .or_default()
+            .insert(name, Arc::new(slice));
+    }
+
+    fn remove(&mut self, slice: &K) {
+        let Some(ns) = slice.namespace() else { return };
+        let name = slice.name_any();
+        let Some(svc) = self.filed_under.remove(&ObjectKey::new(ns, &name)) else {
+            return;
+        };
+        if let Some(slices) = self.by_service.get_mut(&svc) {
+            slices.remove(&name);
+            if slices.is_empty() {
+                self.by_service.remove(&svc);
+            }
+        }
+    }
+
+    /// The slices labelled with `svc`'s name, in name order.
+    pub fn of(&self, svc: &ObjectKey) -> Vec<Arc<K>> {
+        let mut slices: Vec<_> = self
+            .by_service
+            .get(svc)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        slices.sort_by_key(|s| s.name_any());
+        slices
+    }
+
+    /// Slices held.
+    pub fn len(&self) -> usize {
+        self.filed_under.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filed_under.is_empty()
+    }
+}
+
+/// A `ByService` shared between the task that feeds it and the reconciles
+/// that read it, with its sync state.
+#[derive(Debug)]
+pub struct SliceCache<K> {
+    index: RwLock<ByService<K>>,
+    synced: watch::Sender<bool>,
+}
+
+impl<K> Default for SliceCache<K> {
+    fn default() -> Self {
+        SliceCache {
+            index: RwLock::new(ByService::default()),
+            synced: watch::channel(false).0,
+        }
+    }
+}
+
+impl<K: ResourceExt + Clone> SliceCache<K> {
+    /// A cache that has seen a complete list of `slices` (for tests and
+    /// the offline plan).
+    pub fn synced(slices: impl IntoIterator<Item = K>) -> Self {
+        let cache = Self::default();
+        cache.apply(&watcher::Event::Init);
+        for slice in slices {
+            cache.apply(&watcher::Event::InitApply(slice));
+        }
+        cache.apply(&watcher::Event::InitDone);
+        cache
+    }
+
+    pub fn apply(&self, event: &watcher::Event<K>) {
+        self.index
+            .write()
+            .expect("slice index lock")
+            .apply_watcher_event(event);
+        if matches!(event, watcher::Event::InitDone) {
+            self.synced.send_replace(true);
+        }
+    }
+
+    /// Waits until the first complete list has been applied.
+    pub async fn ready(&self) {
+        let mut synced = self.synced.subscribe();
+        // The sender lives in `self`, so this only ends once synced.
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    pub fn of(&self, svc: &ObjectKey) -> Vec<Arc<K>> {
+        self.index.read().expect("slice index lock").of(svc)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().expect("slice index lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+
+    fn slice(ns: &str, name: &str, svc: Option<&str>) -> EndpointSlice {
+        let labels = match svc {
+            Some(s) => json!({names::LABEL_SERVICE_NAME: s}),
+            None => json!({}),
+        };
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": labels},
+            "addressType": "IPv4", "endpoints": []
+        }))
+        .unwrap()
+    }
+
+    fn names(slices: Vec<Arc<EndpointSlice>>) -> Vec<String> {
+        slices.iter().map(|s| s.name_any()).collect()
+    }
+
+    #[test]
+    fn slices_are_filed_under_the_service_their_label_names() {
+        let cache = SliceCache::synced([
+            slice("a", "web-2", Some("web")),
+            slice("a", "web-1", Some("web")),
+            slice("b", "web-1", Some("web")),
+            slice("a", "db-1", Some("db")),
+            slice("a", "stray", None),
+        ]);
+        assert_eq!(
+            names(cache.of(&ObjectKey::new("a", "web"))),
+            ["web-1", "web-2"]
+        );
+        assert_eq!(names(cache.of(&ObjectKey::new("b", "web"))), ["web-1"]);
+        assert!(cache.of(&ObjectKey::new("b", "db")).is_empty());
+        assert_eq!(cache.len(), 4, "a slice without the label is nobody's");
+    }
+
+    #[test]
+    fn a_relabelled_slice_moves_and_a_deleted_one_goes() {
+        let mut index = ByService::default();
+        index.apply_watcher_event(&watcher::Event::Apply(slice("a", "s1", Some("web"))));
+        index.apply_watcher_event(&watcher::Event::Apply(slice("a", "s1", Some("api"))));
+        assert!(index.of(&ObjectKey::new("a", "web")).is_empty());
+        assert_eq!(names(index.of(&ObjectKey::new("a", "api"))), ["s1"]);
+        index.apply_watcher_event(&watcher::Event::Delete(slice("a", "s1", Some("api"))));
+        assert!(index.is_empty());
+        assert!(index.by_service.is_empty(), "no empty entry is kept");
+    }
+
+    #[test]
+    fn a_relist_drops_the_slices_deleted_while_the_watch_was_down() {
+        let mut index = ByService::default();
+        index.apply_watcher_event(&watcher::Event::Apply(slice("a", "gone", Some("web"))));
+        index.apply_watcher_event(&watcher::Event::Init);
+        index.apply_watcher_event(&watcher::Event::InitApply(slice("a", "kept", Some("web"))));
+        // until InitDone, readers still see the old content
+        assert_eq!(names(index.of(&ObjectKey::new("a", "web"))), ["gone"]);
+        index.apply_watcher_event(&watcher::Event::InitDone);
+        assert_eq!(names(index.of(&ObjectKey::new("a", "web"))), ["kept"]);
+    }
+
+    #[tokio::test]
+    async fn ready_waits_for_the_first_complete_list() {
+        let cache = Arc::new(SliceCache::<EndpointSlice>::default());
+        let waiter = tokio::spawn({
+            let c = cache.clone();
+            async move { c.ready().await }
+        });
+        cache.apply(&watcher::Event::Init);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        cache.apply(&watcher::Event::InitDone);
+        waiter.await.unwrap();
+    }
+}
