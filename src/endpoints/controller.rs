@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -32,6 +32,12 @@ use tracing::{Instrument, debug, info, instrument, warn};
 
 /// Safety-net resync; a no-op in steady state (no writes when nothing changed).
 pub const RESYNC: Duration = Duration::from_secs(1800);
+/// Services reconciled at once. Each reconcile may send a few requests; a
+/// bound keeps a cold start with thousands of Services on a few reused
+/// connections instead of thousands of new ones (the client speaks HTTP/1.1,
+/// one request per connection at a time), and under the API server's
+/// in-flight limits.
+pub const CONCURRENCY: u16 = 32;
 /// Retry delay when the slice cache has not caught up with our writes.
 pub const STALE_RETRY: Duration = Duration::from_millis(500);
 
@@ -644,6 +650,7 @@ pub async fn run(
         async move { delete_orphans(&ctx, &svc).await }
     });
     let controller = Controller::for_stream(service_events, services)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(refs)
         .reconcile_on(slice_refs)
         .reconcile_all_on(resync_all)
