@@ -77,7 +77,6 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
     let multus_ns = shared.settings.multus_namespace.clone();
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
     let mut problems = ProblemLog::default();
-    let reports = spawn_reporter(shared.clone());
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(ev) => map_event(ev, |pod| PodView::new(pod, &multus_ns)),
@@ -99,7 +98,7 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
                 let _ = out.nads.unbounded_send(nad);
             }
             for problem in problems.fresh(change) {
-                report_problem(&shared, &reports, change, problem);
+                report_problem(&shared, change, problem);
             }
         }
         if relisted {
@@ -132,29 +131,9 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
     }
 }
 
-/// Warning Events about pods waiting to be sent; beyond this many, new
-/// ones are dropped (still counted in the metric and logged).
-const PENDING_REPORTS: usize = 256;
-
-type Report = (Event, ObjectReference);
-
-/// One task sends the feed's Warning Events, one at a time, from a bounded
-/// queue: a slow events API never holds up the pod feed, and a flood of bad
-/// annotations never grows a task or a buffer per pod.
-fn spawn_reporter(shared: Shared) -> tokio::sync::mpsc::Sender<Report> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Report>(PENDING_REPORTS);
-    tokio::spawn(async move {
-        while let Some((event, reference)) = rx.recv().await {
-            shared.publish(event, &reference).await;
-        }
-    });
-    tx
-}
-
 /// Counts, logs and queues (as a Warning Event) an unparsable annotation.
 fn report_problem(
     shared: &Shared,
-    reports: &tokio::sync::mpsc::Sender<Report>,
     change: &PodChange,
     problem: &crate::model::pod::AnnotationProblem,
 ) {
@@ -182,9 +161,7 @@ fn report_problem(
         action: "ParseAnnotation".into(),
         secondary: None,
     };
-    if reports.try_send((event, reference)).is_err() {
-        tracing::debug!(pod = %pod.key, "event queue full; the Warning is dropped (the metric counts it)");
-    }
+    shared.publish(event, &reference);
 }
 
 #[cfg(test)]

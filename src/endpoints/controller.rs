@@ -257,18 +257,16 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
         if changed {
             // A new Event, not the Recorder's series, which would keep the
             // first note ("1 endpoints") and only count the rest.
-            ctx.shared
-                .publish_state_change(
-                    Event {
-                        type_: EventType::Normal,
-                        reason: names::reasons::SECONDARY_ENDPOINTS_UPDATED.into(),
-                        note: Some(note),
-                        action: "UpdateEndpointSlices".into(),
-                        secondary: None,
-                    },
-                    &service_reference(&svc),
-                )
-                .await;
+            ctx.shared.publish_state_change(
+                Event {
+                    type_: EventType::Normal,
+                    reason: names::reasons::SECONDARY_ENDPOINTS_UPDATED.into(),
+                    note: Some(note),
+                    action: "UpdateEndpointSlices".into(),
+                    secondary: None,
+                },
+                &service_reference(&svc),
+            );
         }
     } else {
         info!(
@@ -296,18 +294,16 @@ async fn warn_once(
         != Some(&text);
     if changed {
         warn!(reason, "{message}");
-        ctx.shared
-            .publish(
-                Event {
-                    type_: EventType::Warning,
-                    reason: reason.into(),
-                    note: Some(message.chars().take(1000).collect()),
-                    action: "PublishEndpointSlices".into(),
-                    secondary: None,
-                },
-                &service_reference(svc),
-            )
-            .await;
+        ctx.shared.publish(
+            Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "PublishEndpointSlices".into(),
+                secondary: None,
+            },
+            &service_reference(svc),
+        );
     }
 }
 
@@ -421,18 +417,16 @@ async fn apply_cleanup(
     if !deleted.is_empty() {
         let note = leftovers::deleted_message(&deleted, network);
         info!(deleted = deleted.len(), "{note}");
-        ctx.shared
-            .publish(
-                Event {
-                    type_: EventType::Normal,
-                    reason: names::reasons::STALE_ENDPOINT_SLICES_DELETED.into(),
-                    note: Some(note.chars().take(1000).collect()),
-                    action: "DeleteEndpointSlices".into(),
-                    secondary: None,
-                },
-                &service_reference(svc),
-            )
-            .await;
+        ctx.shared.publish(
+            Event {
+                type_: EventType::Normal,
+                reason: names::reasons::STALE_ENDPOINT_SLICES_DELETED.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "DeleteEndpointSlices".into(),
+                secondary: None,
+            },
+            &service_reference(svc),
+        );
     }
 
     let mirrored: Vec<Option<String>> = cleanup
@@ -462,18 +456,16 @@ async fn apply_cleanup(
         Ok(_) => {
             let note = leftovers::mirroring_stopped_message(&key.name, &cleanup.stop_mirroring);
             info!("{note}");
-            ctx.shared
-                .publish(
-                    Event {
-                        type_: EventType::Normal,
-                        reason: names::reasons::ENDPOINTS_MIRRORING_STOPPED.into(),
-                        note: Some(note.chars().take(1000).collect()),
-                        action: "LabelEndpoints".into(),
-                        secondary: None,
-                    },
-                    &service_reference(svc),
-                )
-                .await;
+            ctx.shared.publish(
+                Event {
+                    type_: EventType::Normal,
+                    reason: names::reasons::ENDPOINTS_MIRRORING_STOPPED.into(),
+                    note: Some(note.chars().take(1000).collect()),
+                    action: "LabelEndpoints".into(),
+                    secondary: None,
+                },
+                &service_reference(svc),
+            );
         }
         // No Endpoints left: the mirroring controller deletes its slices itself.
         Err(kube::Error::Api(s)) if s.code == 404 => {}

@@ -6,7 +6,8 @@
 //! current slices there). `leftovers` sorts the other slices under the
 //! Service's name (Kubernetes' orphans, mirrored, foreign) and decides their
 //! cleanup. `tracker` guards against acting on a stale cache; `selecting`
-//! answers which opted-in Services select a pod.
+//! answers which opted-in Services select a pod; `by_service` files the
+//! watched slices under their Service.
 //! `controller` is the IO shell around them.
 
 pub mod by_service;

@@ -375,18 +375,16 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
         record_write(ctx, cached);
         ctx.shared.metrics.finalizer_write("remove");
         info!("no pod uses this network any more; protection released");
-        ctx.shared
-            .publish(
-                Event {
-                    type_: EventType::Normal,
-                    reason: names::reasons::PROTECTION_RELEASED.into(),
-                    note: Some("No pod uses this network any more; it can now be deleted".into()),
-                    action: "ReleaseFinalizer".into(),
-                    secondary: None,
-                },
-                &nad_reference(&nad.metadata),
-            )
-            .await;
+        ctx.shared.publish(
+            Event {
+                type_: EventType::Normal,
+                reason: names::reasons::PROTECTION_RELEASED.into(),
+                note: Some("No pod uses this network any more; it can now be deleted".into()),
+                action: "ReleaseFinalizer".into(),
+                secondary: None,
+            },
+            &nad_reference(&nad.metadata),
+        );
     }
     Ok(())
 }
@@ -403,18 +401,16 @@ async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
         != Some(&message);
     if changed {
         info!(users = users.len(), "deletion blocked");
-        ctx.shared
-            .publish_state_change(
-                Event {
-                    type_: EventType::Warning,
-                    reason: names::reasons::DELETION_BLOCKED.into(),
-                    note: Some(message),
-                    action: "HoldFinalizer".into(),
-                    secondary: None,
-                },
-                &nad_reference(&nad.metadata),
-            )
-            .await;
+        ctx.shared.publish_state_change(
+            Event {
+                type_: EventType::Warning,
+                reason: names::reasons::DELETION_BLOCKED.into(),
+                note: Some(message),
+                action: "HoldFinalizer".into(),
+                secondary: None,
+            },
+            &nad_reference(&nad.metadata),
+        );
     }
 }
 

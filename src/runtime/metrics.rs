@@ -47,6 +47,7 @@ pub struct Metrics {
     pub nad_patches: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +72,7 @@ impl Default for Metrics {
         let nad_patches = Counter::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
+        let events_dropped = Counter::default();
         registry.register(
             "reconciles",
             "Reconciles run, by controller",
@@ -131,6 +133,11 @@ impl Default for Metrics {
             "Pods in the shared pod index",
             pods_indexed.clone(),
         );
+        registry.register(
+            "events_dropped",
+            "Kubernetes Events dropped because too many were waiting to be sent",
+            events_dropped.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -145,6 +152,7 @@ impl Default for Metrics {
             nad_patches,
             invalid_annotations,
             pods_indexed,
+            events_dropped,
         }
     }
 }

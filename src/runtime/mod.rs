@@ -2,6 +2,7 @@
 //! server, leader election, and the state they share.
 
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -11,7 +12,7 @@ pub mod telemetry;
 
 use crate::{index::PodIndex, names};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::events::{Event, Reporter};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -40,8 +41,8 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Shared {
     pub client: kube::Client,
-    pub recorder: Recorder,
-    reporter: Reporter,
+    /// Where Events go; see `events`.
+    events: events::Outbox,
     pub metrics: Arc<metrics::Metrics>,
     pub pods: Arc<RwLock<PodIndex>>,
     /// Becomes true once the pod index holds a full list; nothing may be
@@ -63,8 +64,7 @@ impl Shared {
             instance,
         };
         let shared = Shared {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
-            reporter,
+            events: events::Outbox::start(client.clone(), reporter, metrics.events_dropped.clone()),
             client,
             metrics,
             pods: Arc::new(RwLock::new(PodIndex::new())),
@@ -80,13 +80,11 @@ impl Shared {
         let _ = rx.wait_for(|synced| *synced).await;
     }
 
-    /// Publishes an Event; a failure is logged, never fails the caller.
-    pub async fn publish(&self, event: Event, regarding: &ObjectReference) {
-        Self::log_failure(
-            &event,
-            regarding,
-            self.recorder.publish(&event, regarding).await,
-        );
+    /// Publishes an Event through the Recorder's series (see
+    /// `events::Kind::Series`). It is queued: the caller never waits for
+    /// the API server, and a failure is logged, never the caller's error.
+    pub fn publish(&self, event: Event, regarding: &ObjectReference) {
+        self.events.send(event, regarding, events::Kind::Series);
     }
 
     /// Publishes an Event that describes a state which has just changed (who
@@ -95,14 +93,8 @@ impl Shared {
     /// series that keeps the first note and only raises its count, so a
     /// changed note would never reach `kubectl describe`. Callers publish
     /// only when the state changes, so this adds one Event per change.
-    pub async fn publish_state_change(&self, event: Event, regarding: &ObjectReference) {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        Self::log_failure(&event, regarding, recorder.publish(&event, regarding).await);
-    }
-
-    fn log_failure(event: &Event, regarding: &ObjectReference, result: kube::Result<()>) {
-        if let Err(e) = result {
-            tracing::warn!(reason = %event.reason, object = ?regarding.name, error = %e, "could not publish event");
-        }
+    pub fn publish_state_change(&self, event: Event, regarding: &ObjectReference) {
+        self.events
+            .send(event, regarding, events::Kind::StateChange);
     }
 }

@@ -1,0 +1,150 @@
+//! The Event outbox. Reconciles and the pod feed hand their Events to it and
+//! go on: a slice write or a finalizer release never waits for an Event's
+//! round trip, and a cold start's thousand `SecondaryEndpointsUpdated`
+//! Events no longer double the time every Service takes.
+//!
+//! Events go out in `LANES` lanes, each one at a time; an object's Events
+//! always take the same lane, so they reach the API server in the order
+//! they were published (a `DeletionBlocked` is never overtaken by the
+//! `ProtectionReleased` that follows it). Each lane holds at most
+//! `LANE_CAPACITY` waiting Events; beyond that new ones are dropped, logged
+//! and counted, never buffered without bound.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use std::hash::{Hash, Hasher};
+use tokio::sync::mpsc;
+
+/// Lanes sending Events at once.
+pub const LANES: usize = 4;
+/// Events waiting per lane before new ones are dropped (a cold start with
+/// thousands of Services fits).
+pub const LANE_CAPACITY: usize = 1024;
+
+/// How an Event is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Through the shared Recorder: repeats of one reason on one object
+    /// become a series (its count goes up, its note stays the first one).
+    Series,
+    /// As a new Event object, for a note that describes a state which has
+    /// just changed (see `Shared::publish_state_change`).
+    StateChange,
+}
+
+type Item = (Event, ObjectReference, Kind);
+
+#[derive(Clone)]
+pub struct Outbox {
+    lanes: Vec<mpsc::Sender<Item>>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl Outbox {
+    /// Starts the lanes on the current tokio runtime. They end when every
+    /// clone of the outbox is dropped, after sending what they hold.
+    pub fn start(
+        client: kube::Client,
+        reporter: Reporter,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Item>(LANE_CAPACITY);
+                let series = Recorder::new(client.clone(), reporter.clone());
+                let (client, reporter) = (client.clone(), reporter.clone());
+                tokio::spawn(async move {
+                    while let Some((event, regarding, kind)) = rx.recv().await {
+                        let result = match kind {
+                            Kind::Series => series.publish(&event, &regarding).await,
+                            Kind::StateChange => {
+                                Recorder::new(client.clone(), reporter.clone())
+                                    .publish(&event, &regarding)
+                                    .await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::warn!(reason = %event.reason, object = ?regarding.name, error = %e, "could not publish event");
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Outbox { lanes, dropped }
+    }
+
+    /// Queues an Event; never waits.
+    pub fn send(&self, event: Event, regarding: &ObjectReference, kind: Kind) {
+        let lane = &self.lanes[lane_of(regarding)];
+        if let Err(e) = lane.try_send((event, regarding.clone(), kind)) {
+            self.dropped.inc();
+            let (event, regarding, _) = e.into_inner();
+            tracing::warn!(reason = %event.reason, object = ?regarding.name, "event queue full; the Event is dropped");
+        }
+    }
+}
+
+/// The lane of an object: the same for all its Events.
+fn lane_of(regarding: &ObjectReference) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&regarding.kind, &regarding.namespace, &regarding.name).hash(&mut h);
+    (h.finish() % LANES as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::mock_client;
+    use kube::runtime::events::EventType;
+
+    fn event(note: &str) -> Event {
+        Event {
+            type_: EventType::Normal,
+            reason: "Test".into(),
+            note: Some(note.into()),
+            action: "Test".into(),
+            secondary: None,
+        }
+    }
+
+    fn pod(name: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some("default".into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    /// An object's Events reach the API server in the order they were
+    /// published, and publishing never waits for the API server.
+    #[tokio::test]
+    async fn one_objects_events_arrive_in_order_without_blocking_the_publisher() {
+        let (client, mut api) = mock_client();
+        let outbox = Outbox::start(client, Reporter::from("test"), Default::default());
+        for i in 0..5 {
+            outbox.send(event(&format!("note {i}")), &pod("a"), Kind::StateChange);
+        }
+        for i in 0..5 {
+            let body = api.expect_event("default").await;
+            assert_eq!(body["note"], format!("note {i}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_drops_and_counts_instead_of_growing() {
+        let (client, _api) = mock_client();
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        let outbox = Outbox::start(client, Reporter::from("test"), dropped.clone());
+        // nobody answers: the lane's first Event stays in flight, the
+        // next LANE_CAPACITY wait, the rest are dropped
+        for i in 0..LANE_CAPACITY + 10 {
+            outbox.send(event(&i.to_string()), &pod("a"), Kind::Series);
+            tokio::task::yield_now().await;
+        }
+        let dropped = dropped.get();
+        assert!((9..=10).contains(&dropped), "{dropped}");
+    }
+}
