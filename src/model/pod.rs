@@ -17,11 +17,64 @@ use std::{
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct PodLite {
+    /// Without managedFields: the largest part of a pod's metadata, which
+    /// nothing here reads (see [`metadata_without_managed_fields`]).
+    #[serde(deserialize_with = "metadata_without_managed_fields")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: PodSpecLite,
     #[serde(default)]
     pub status: PodStatusLite,
+}
+
+/// A pod's ObjectMeta as the API sends it, but for managedFields, which serde
+/// skips without allocating: deserialized into an `ObjectMeta`, every entry
+/// of every pod's managedFields would become a tree of JSON maps, for a whole
+/// LIST page at a time, only to be dropped.
+fn metadata_without_managed_fields<'de, D>(deserializer: D) -> Result<ObjectMeta, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        annotations: Option<BTreeMap<String, String>>,
+        creation_timestamp: Option<Time>,
+        deletion_grace_period_seconds: Option<i64>,
+        deletion_timestamp: Option<Time>,
+        finalizers: Option<Vec<String>>,
+        generate_name: Option<String>,
+        generation: Option<i64>,
+        labels: Option<BTreeMap<String, String>>,
+        name: Option<String>,
+        namespace: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+        resource_version: Option<String>,
+        self_link: Option<String>,
+        uid: Option<String>,
+    }
+
+    let m = Meta::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        annotations: m.annotations,
+        creation_timestamp: m.creation_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        generate_name: m.generate_name,
+        generation: m.generation,
+        labels: m.labels,
+        managed_fields: None,
+        name: m.name,
+        namespace: m.namespace,
+        owner_references: m.owner_references,
+        resource_version: m.resource_version,
+        self_link: m.self_link,
+        uid: m.uid,
+    })
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -282,6 +335,34 @@ mod tests {
 
     fn lite(json: serde_json::Value) -> PodLite {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn metadata_is_read_whole_but_for_managed_fields() {
+        let pod = lite(serde_json::json!({
+            "metadata": {"name": "demo", "namespace": "default", "uid": "u1",
+                "resourceVersion": "42", "labels": {"app": "a"},
+                "annotations": {"k8s.v1.cni.cncf.io/networks": "net"},
+                "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["f"],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u0"}],
+                "generateName": "demo-", "deletionGracePeriodSeconds": 30,
+                "managedFields": [{"manager": "kubelet", "operation": "Update",
+                    "fieldsV1": {"f:status": {"f:conditions": {}}}}]}
+        }));
+        let m = &pod.metadata;
+        assert_eq!(m.managed_fields, None);
+        assert_eq!(m.name.as_deref(), Some("demo"));
+        assert_eq!(m.namespace.as_deref(), Some("default"));
+        assert_eq!(m.uid.as_deref(), Some("u1"));
+        assert_eq!(m.resource_version.as_deref(), Some("42"));
+        assert_eq!(m.labels.as_ref().unwrap()["app"], "a");
+        assert_eq!(m.annotations.as_ref().unwrap().len(), 1);
+        assert!(m.deletion_timestamp.is_some());
+        assert_eq!(m.finalizers.as_deref(), Some(&["f".to_string()][..]));
+        assert_eq!(m.owner_references.as_ref().unwrap()[0].name, "rs");
+        assert_eq!(m.generate_name.as_deref(), Some("demo-"));
+        assert_eq!(m.deletion_grace_period_seconds, Some(30));
+        assert!(PodView::new(pod, "kube-system").deleting);
     }
 
     #[test]

@@ -78,8 +78,10 @@ pub struct RunArgs {
     /// Most endpoints per EndpointSlice (Kubernetes' own default is 100).
     #[arg(long, env = "MAX_ENDPOINTS_PER_SLICE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
-    /// Page size of LIST requests (pods, NADs).
-    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    /// Page size of LIST requests (pods, NADs). Each page of full pods is
+    /// held whole while it is read: 100 keeps that to a few MiB (500 added
+    /// 13 MiB of peak RSS at 2,000 pods) for a round-trip more per 100 pods.
+    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub list_page_size: u32,
 }
 

@@ -100,6 +100,19 @@ fn rss_field_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The process's memory now: resident (split into the binary's and other
+/// mapped files' pages and anonymous memory, i.e. mostly heap and stacks)
+/// and the high-water mark so far, in MiB. Taken at the end of each phase,
+/// the high-water mark shows which phase set the peak.
+fn memory(pid: u32) -> serde_json::Value {
+    json!({
+        "rss_mib": rss_mib(pid),
+        "rss_file_mib": rss_field_mib(pid, "RssFile:"),
+        "rss_anon_mib": rss_field_mib(pid, "RssAnon:"),
+        "peak_rss_mib": peak_rss_mib(pid),
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -264,6 +277,8 @@ async fn main() -> anyhow::Result<()> {
         }
         let converged = start.elapsed();
         println!("converged in {converged:?}");
+        let mut memory_by_phase = serde_json::Map::new();
+        memory_by_phase.insert("1_cold_start".into(), memory(pid));
         let cold_start_nad_patches = metric(&args.http_addr, "nadc_nad_patches_total").await?;
 
         // 2. steady state
@@ -271,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
         let before = writes(&args.http_addr).await?;
         tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
         let steady_writes = writes(&args.http_addr).await? - before;
+        memory_by_phase.insert("2_steady_state".into(), memory(pid));
 
         // 3. single-pod changes: latency to the slice, and writes per change
         let mut latencies = Vec::new();
@@ -299,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
         }
         latencies.sort();
         let at_rest_rss = rss_mib(pid);
+        memory_by_phase.insert("3_single_pod_changes".into(), memory(pid));
 
         // 4. mass deletion: a namespace whose NADs are all in use is deleted
         let doomed = TestNs::new(&client, "bench-del").await;
@@ -367,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
         let namespace_gone = deleted_at.elapsed();
         let nads_gone = nads_gone.unwrap_or(namespace_gone);
         let live_lists = metric(&args.http_addr, "nadc_live_pod_lists_total").await? - lists_before;
+        memory_by_phase.insert("4_mass_deletion".into(), memory(pid));
 
         // 5. the in-use label's cost: 1,000 pods sharing 10 NADs come and go
         const CHURN_PODS: usize = 1000;
@@ -432,6 +450,7 @@ async fn main() -> anyhow::Result<()> {
         marked(0).await?;
         let marker_writes =
             metric(&args.http_addr, "nadc_in_use_marker_writes_total").await? - marker_before;
+        memory_by_phase.insert("5_label_churn".into(), memory(pid));
 
         Ok::<_, anyhow::Error>(json!({
             "pods": args.pods, "services": args.services, "nads": args.nads,
@@ -453,6 +472,7 @@ async fn main() -> anyhow::Result<()> {
             "marker_writes_in_churn": marker_writes,
             "at_rest_rss_mib": at_rest_rss,
             "peak_rss_mib": peak_rss_mib(pid),
+            "memory_by_phase": memory_by_phase,
         }))
     }
     .await;
