@@ -71,9 +71,12 @@ impl ProblemLog {
 
 pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
     let api: Api<PodLite> = Api::all(shared.client.clone());
-    let config = watcher::Config::default()
-        .any_semantic()
-        .page_size(shared.settings.list_page_size);
+    // Paginated, and so not `any_semantic()`: a LIST at resourceVersion 0
+    // is served whole from the API server's watch cache, limit or not (34 MB
+    // in one response at 10,000 pods, held whole while it is read). A
+    // consistent LIST pages; since Kubernetes 1.31 it is served from the
+    // watch cache too.
+    let config = watcher::Config::default().page_size(shared.settings.list_page_size);
     let multus_ns = shared.settings.multus_namespace.clone();
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
     let mut problems = ProblemLog::default();

@@ -803,7 +803,7 @@ mod tests {
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
         let list = api.expect(Method::GET, PODS_PATH).await;
         assert!(
-            list.query.contains("limit=500"),
+            list.query.contains("limit=100"),
             "paginated: {}",
             list.query
         );

@@ -31,7 +31,7 @@ impl Default for Settings {
         Settings {
             multus_namespace: names::DEFAULT_MULTUS_NAMESPACE.into(),
             max_endpoints_per_slice: crate::endpoints::slices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
-            list_page_size: 500,
+            list_page_size: 100,
             live_list_gather: crate::protection::controller::LIVE_LIST_GATHER,
         }
     }
