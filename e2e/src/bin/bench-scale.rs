@@ -291,6 +291,14 @@ async fn main() -> anyhow::Result<()> {
         // 3. single-pod changes: latency to the slice, and writes per change
         let mut latencies = Vec::new();
         let mut max_writes_per_change = 0.0f64;
+        // The operator's own share of the latency: its reconciles' mean
+        // duration over this phase (the rest is the watch and the API).
+        const ENDPOINTS_RECONCILE: &str =
+            "nadc_reconcile_duration_seconds_sum{controller=\"secondary-endpoints\"}";
+        const ENDPOINTS_RECONCILES: &str =
+            "nadc_reconcile_duration_seconds_count{controller=\"secondary-endpoints\"}";
+        let reconcile_time_before = metric(&args.http_addr, ENDPOINTS_RECONCILE).await?;
+        let reconciles_before = metric(&args.http_addr, ENDPOINTS_RECONCILES).await?;
         for k in 0..args.samples {
             let i = (k * 7919) % args.pods;
             let ip = pod_ip(i, k + 1);
@@ -314,6 +322,11 @@ async fn main() -> anyhow::Result<()> {
                 max_writes_per_change.max(writes(&args.http_addr).await? - before);
         }
         latencies.sort();
+        let reconciles = metric(&args.http_addr, ENDPOINTS_RECONCILES).await? - reconciles_before;
+        let mean_reconcile_ms = (metric(&args.http_addr, ENDPOINTS_RECONCILE).await?
+            - reconcile_time_before)
+            / reconciles.max(1.0)
+            * 1000.0;
         let at_rest_rss = rss_mib(pid);
         memory_by_phase.insert("3_single_pod_changes".into(), memory(pid));
 
@@ -458,6 +471,8 @@ async fn main() -> anyhow::Result<()> {
             "cold_start_pods_indexed_seconds": pods_indexed_at.map(|d| d.as_secs_f64()),
             "latency_p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
             "latency_p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+            "latency_phase_reconciles": reconciles,
+            "latency_phase_mean_reconcile_ms": mean_reconcile_ms,
             "samples": latencies.len(),
             "steady_state_seconds": args.steady_seconds,
             "steady_state_writes": steady_writes,
