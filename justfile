@@ -14,7 +14,7 @@ run *ARGS:
 
 # What the operator would do for the seed snapshot, offline.
 plan FILE="manifests/examples/seed-cluster.yaml":
-    cargo run --release -- plan -f {{FILE}}
+    cargo run -- plan -f {{FILE}}
 
 # Unit, property, mock-API and manifest tests (no cluster needed).
 test:

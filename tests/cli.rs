@@ -32,7 +32,7 @@ fn plan_of(file: &str) -> String {
 fn the_readme_shows_what_the_first_command_prints() {
     let printed = plan_of("manifests/examples/seed-cluster.yaml");
     let readme = readme();
-    assert!(readme.contains("cargo run --release -- plan -f manifests/examples/seed-cluster.yaml"));
+    assert!(readme.contains("cargo run -- plan -f manifests/examples/seed-cluster.yaml"));
     let marker = readme.find("<!-- plan-output").expect("plan-output marker");
     let block = &readme[marker..];
     let start = block.find("```\n").unwrap() + 4;
