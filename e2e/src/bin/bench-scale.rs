@@ -241,7 +241,12 @@ async fn main() -> anyhow::Result<()> {
         // When the operator's pod index first held every pod: the part of
         // the cold start spent listing pods, apart from the reconciles.
         let mut pods_indexed_at = None;
-        loop {
+        // Timed from the slice watch (when each pod's address first showed
+        // up) and the NADs' finalizers, not from a poll of every slice: a
+        // LIST of 1,000 slices every 200 ms would load the API server the
+        // operator is writing to, and lag by up to a poll.
+        let mut nads_done_at = None;
+        let converged = loop {
             if pods_indexed_at.is_none()
                 && metric(&args.http_addr, "nadc_pods_indexed")
                     .await
@@ -249,33 +254,45 @@ async fn main() -> anyhow::Result<()> {
             {
                 pods_indexed_at = Some(start.elapsed());
             }
-            let endpoints: usize = slices
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .map(|s| s.endpoints.len())
-                .sum();
-            let finalized = nads
-                .list_metadata(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
-                .count();
-            if endpoints == args.pods && finalized == args.nads {
-                break;
+            if nads_done_at.is_none() {
+                let finalized = nads
+                    .list_metadata(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
+                    .count();
+                if finalized == args.nads {
+                    nads_done_at = Some(start.elapsed());
+                }
+            }
+            let last_address = {
+                let seen = seen.lock().unwrap();
+                (seen.len() >= args.pods).then(|| seen.values().max().copied())
+            };
+            if let (Some(Some(last_address)), Some(nads_done)) = (last_address, nads_done_at) {
+                // Confirmed once by a LIST: every address in exactly one slice.
+                let endpoints: usize = slices
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .map(|s| s.endpoints.len())
+                    .sum();
+                if endpoints == args.pods {
+                    break nads_done.max(last_address.saturating_duration_since(start));
+                }
             }
             if start.elapsed() > Duration::from_secs(600) {
                 bail!(
-                    "not converged after 600 s: {endpoints}/{} endpoints, {finalized}/{} NADs",
+                    "not converged after 600 s: {} addresses seen of {}, NADs finalized: {}",
+                    seen.lock().unwrap().len(),
                     args.pods,
-                    args.nads
+                    nads_done_at.is_some()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let converged = start.elapsed();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         println!("converged in {converged:?}");
         let mut memory_by_phase = serde_json::Map::new();
         memory_by_phase.insert("1_cold_start".into(), memory(pid));
