@@ -13,6 +13,7 @@ use super::selecting::ServiceSelectors;
 use super::slices::{SliceOwner, SlicePlan, plan_slices};
 use super::tracker::SliceTracker;
 use crate::model::ObjectKey;
+use crate::runtime::events::{LastNotes, note_changed};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use futures::{Stream, StreamExt};
@@ -52,15 +53,15 @@ pub struct Context {
     pub others: OtherSlices,
     tracker: Mutex<SliceTracker>,
     /// Last opt-in Warning per Service, so an unchanged one is not repeated.
-    last_warning: Mutex<HashMap<ObjectKey, String>>,
+    last_warning: LastNotes,
     /// Last `ForeignEndpointSlices` Warning per Service, likewise.
-    last_foreign: Mutex<HashMap<ObjectKey, String>>,
+    last_foreign: LastNotes,
     /// The mirrored slices (by uid) we last labelled the Endpoints for, so
     /// that waiting for the mirroring controller sends no repeated patch.
     mirroring_stopped: Mutex<HashMap<ObjectKey, Vec<Option<String>>>>,
     /// Last `SecondaryEndpointsUpdated` note per Service: a new Event only
     /// when what it says changes, so `kubectl describe` reads the current one.
-    last_updated: Mutex<HashMap<ObjectKey, String>>,
+    last_updated: LastNotes,
     retries: crate::runtime::retry::Retries,
 }
 
@@ -247,14 +248,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
             endpoints = decision.endpoints,
             "{note}"
         );
-        let changed = ctx
-            .last_updated
-            .lock()
-            .unwrap()
-            .insert(key.clone(), note.clone())
-            .as_ref()
-            != Some(&note);
-        if changed {
+        if note_changed(&ctx.last_updated, &key, &note) {
             // A new Event, not the Recorder's series, which would keep the
             // first note ("1 endpoints") and only count the rest.
             ctx.shared.publish_state_change(
@@ -278,7 +272,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 async fn warn_once(
-    last: &Mutex<HashMap<ObjectKey, String>>,
+    last: &LastNotes,
     ctx: &Context,
     svc: &Service,
     key: &ObjectKey,
@@ -286,13 +280,7 @@ async fn warn_once(
     message: &str,
 ) {
     let text = format!("{reason}: {message}");
-    let changed = last
-        .lock()
-        .unwrap()
-        .insert(key.clone(), text.clone())
-        .as_ref()
-        != Some(&text);
-    if changed {
+    if note_changed(last, key, &text) {
         warn!(reason, "{message}");
         ctx.shared.publish(
             Event {

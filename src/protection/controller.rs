@@ -6,6 +6,7 @@ use super::decide::{self, Decision, NadState};
 use super::live::SharedList;
 use super::tracker::NadWrites;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
+use crate::runtime::events::{LastNotes, note_changed};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use backon::{ExponentialBuilder, Retryable};
@@ -44,7 +45,7 @@ pub struct Context {
     pub shared: Shared,
     pub nads: Store<NadMeta>,
     /// Last DeletionBlocked message per NAD, so an unchanged one is not repeated.
-    last_blocked: Mutex<HashMap<ObjectKey, String>>,
+    last_blocked: LastNotes,
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
     writes: Mutex<NadWrites>,
     /// The live LIST that NADs confirming their release share.
@@ -392,14 +393,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
 async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     let key = ObjectKey::of(nad);
     let message = decide::blocked_message(users);
-    let changed = ctx
-        .last_blocked
-        .lock()
-        .unwrap()
-        .insert(key, message.clone())
-        .as_ref()
-        != Some(&message);
-    if changed {
+    if note_changed(&ctx.last_blocked, &key, &message) {
         info!(users = users.len(), "deletion blocked");
         ctx.shared.publish_state_change(
             Event {

@@ -85,6 +85,19 @@ impl Outbox {
     }
 }
 
+/// The last note published per object, so that an unchanged one is not
+/// published again.
+pub type LastNotes = std::sync::Mutex<std::collections::HashMap<crate::model::ObjectKey, String>>;
+
+/// Records `note` as the last one for `key`; true when it differs from the
+/// one recorded before (so it is worth an Event).
+pub fn note_changed(last: &LastNotes, key: &crate::model::ObjectKey, note: &str) -> bool {
+    last.lock()
+        .unwrap()
+        .insert(key.clone(), note.to_owned())
+        .is_none_or(|before| before != note)
+}
+
 /// The lane of an object: the same for all its Events.
 fn lane_of(regarding: &ObjectReference) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -131,6 +144,17 @@ mod tests {
             let body = api.expect_event("default").await;
             assert_eq!(body["note"], format!("note {i}"));
         }
+    }
+
+    #[test]
+    fn a_note_counts_as_changed_only_when_it_differs_from_the_last() {
+        let last = LastNotes::default();
+        let key = crate::model::ObjectKey::new("default", "a");
+        assert!(note_changed(&last, &key, "one"));
+        assert!(!note_changed(&last, &key, "one"));
+        assert!(note_changed(&last, &key, "two"));
+        let other = crate::model::ObjectKey::new("default", "b");
+        assert!(note_changed(&last, &other, "two"), "per object");
     }
 
     #[tokio::test]

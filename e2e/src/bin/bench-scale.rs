@@ -68,6 +68,28 @@ async fn writes(addr: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// Waits until exactly `want` of these NADs carry the in-use label.
+async fn labelled_in_use(
+    nads: &Api<NetworkAttachmentDefinition>,
+    want: usize,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let n = nads
+            .list_metadata(&ListParams::default().labels(names::IN_USE_LABEL))
+            .await?
+            .items
+            .len();
+        if n == want {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("{n} NADs labelled in use, want {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The sum of one metric family's samples.
 async fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
     let (_, body) = http_get(addr, "/metrics")
@@ -367,17 +389,7 @@ async fn main() -> anyhow::Result<()> {
             .await;
         let doomed_nads: Api<NetworkAttachmentDefinition> =
             Api::namespaced(client.clone(), &doomed.ns);
-        loop {
-            let marked = doomed_nads
-                .list_metadata(&ListParams::default().labels(names::IN_USE_LABEL))
-                .await?
-                .items
-                .len();
-            if marked == args.nads {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        labelled_in_use(&doomed_nads, args.nads).await?;
         let lists_before = metric(&args.http_addr, "nadc_live_pod_lists_total").await?;
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         let deleted_at = Instant::now();
@@ -425,26 +437,6 @@ async fn main() -> anyhow::Result<()> {
         }
         let churn_nads: Api<NetworkAttachmentDefinition> =
             Api::namespaced(client.clone(), &churn.ns);
-        let marked = |want: usize| {
-            let churn_nads = churn_nads.clone();
-            async move {
-                let start = Instant::now();
-                loop {
-                    let n = churn_nads
-                        .list_metadata(&ListParams::default().labels(names::IN_USE_LABEL))
-                        .await?
-                        .items
-                        .len();
-                    if n == want {
-                        return Ok::<_, anyhow::Error>(());
-                    }
-                    if start.elapsed() > Duration::from_secs(300) {
-                        bail!("{n} of the churn NADs labelled in use, want {want}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
         // protected and settled before counting
         loop {
             if churn.protected_nads().await == CHURN_NADS {
@@ -468,7 +460,7 @@ async fn main() -> anyhow::Result<()> {
             .buffer_unordered(32)
             .collect::<Vec<_>>()
             .await;
-        marked(CHURN_NADS).await?;
+        labelled_in_use(&churn_nads, CHURN_NADS).await?;
         futures::stream::iter(0..CHURN_PODS)
             .map(|i| {
                 let c = &churn;
@@ -477,7 +469,7 @@ async fn main() -> anyhow::Result<()> {
             .buffer_unordered(32)
             .collect::<Vec<_>>()
             .await;
-        marked(0).await?;
+        labelled_in_use(&churn_nads, 0).await?;
         let marker_writes =
             metric(&args.http_addr, "nadc_in_use_marker_writes_total").await? - marker_before;
         memory_by_phase.insert("5_label_churn".into(), memory(pid));
