@@ -9,7 +9,7 @@ use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
-use crate::protection::decide::{Decision, NadState, blocked_message, decide};
+use crate::protection::decide::{Decision, NadState, blocked_message, decide, namespace_terminating};
 use crate::runtime::config::{PlanArgs, PlanOutput};
 use crate::{names, names::reasons};
 use k8s_openapi::api::core::v1::Service;
@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     pub nads: Vec<NetworkAttachmentDefinition>,
     pub slices: Vec<EndpointSlice>,
+    /// Namespaces (cluster-scoped), by name: a NAD in one being deleted is
+    /// released as soon as no pod uses it. Optional in a snapshot.
+    pub namespaces: BTreeMap<String, k8s_openapi::api::core::v1::Namespace>,
     /// Objects of other kinds, counted by kind.
     pub skipped: BTreeMap<String, usize>,
 }
@@ -136,6 +139,11 @@ impl Snapshot {
             }
             ("EndpointSlice", "discovery.k8s.io/v1") => {
                 self.slices.push(serde_json::from_value(obj).map_err(what)?)
+            }
+            ("Namespace", "v1") => {
+                let ns = serde_json::from_value(obj).map_err(what)?;
+                self.namespaces.insert(name, ns);
+                return Ok(());
             }
             _ => *self.skipped.entry(kind).or_default() += 1,
         }
@@ -261,7 +269,13 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
         .nads
         .iter()
         .map(|nad| {
-            let state = NadState::from_meta(&nad.metadata);
+            let namespace = nad.metadata.namespace.as_ref().and_then(|ns| snapshot.namespaces.get(ns));
+            let state = NadState::from_meta(&nad.metadata).in_namespace(namespace.is_some_and(|ns| {
+                namespace_terminating(
+                    ns.metadata.deletion_timestamp.as_ref(),
+                    nad.metadata.creation_timestamp.as_ref(),
+                )
+            }));
             let users = index.users(&state.key);
             let decision = decide(&state, &users);
             if let Decision::Blocked { users } = &decision {
@@ -462,6 +476,14 @@ pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
             Some(Decision::Unprotected) => {
                 ("deleting".into(), "none: our finalizer is not on it".into())
             }
+            Some(Decision::ConfirmEarlyRelease) => (
+                "namespace deleted".into(),
+                "confirm no user with a live LIST, then remove finalizer before the namespace controller deletes it".into(),
+            ),
+            Some(Decision::Released) => (
+                "namespace deleted".into(),
+                "none: unused, released for the namespace's deletion".into(),
+            ),
         };
         let _ = writeln!(
             out,
@@ -635,7 +657,7 @@ pub fn render_yaml(report: &Report) -> Result<String, String> {
                 "spec": nad.spec,
             }));
         }
-        if let Some(Decision::ConfirmRelease) = &n.decision {
+        if let Some(Decision::ConfirmRelease | Decision::ConfirmEarlyRelease) = &n.decision {
             let _ = writeln!(
                 comments,
                 "# release: remove finalizer {} from NetworkAttachmentDefinition {}",
@@ -993,7 +1015,11 @@ mod tests {
 
         // NADs: br0 gets exactly the planned finalizer patch; foo-network the planned Warning.
         let (store, _w) = reflector::store();
-        let pctx = Arc::new(crate::protection::controller::Context::new(shared, store));
+        let pctx = Arc::new(crate::protection::controller::Context::new(
+            shared,
+            store,
+            crate::fixtures::synced_store([]),
+        ));
         for nad in &snapshot.nads {
             let meta: crate::protection::controller::NadMeta = serde_json::from_value(json!({
                 "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": nad.metadata

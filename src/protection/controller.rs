@@ -11,7 +11,7 @@ use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -24,6 +24,7 @@ use std::time::Duration;
 use tracing::{Instrument, debug, info, instrument};
 
 pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// NAD reconciles talking to the API server at once. A reconcile holds one
 /// of these slots while it writes or reports, never while it waits for the
@@ -44,6 +45,8 @@ pub const CACHE_LAG_RECHECK: Duration = Duration::from_secs(2);
 pub struct Context {
     pub shared: Shared,
     pub nads: Store<NadMeta>,
+    /// Namespaces (metadata), to tell the NADs of a namespace being deleted.
+    pub namespaces: Store<NamespaceMeta>,
     /// Last DeletionBlocked message per NAD, so an unchanged one is not repeated.
     last_blocked: LastNotes,
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
@@ -56,11 +59,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(shared: Shared, nads: Store<NadMeta>) -> Self {
+    pub fn new(shared: Shared, nads: Store<NadMeta>, namespaces: Store<NamespaceMeta>) -> Self {
         let gather = shared.settings.live_list_gather;
         Context {
             shared,
             nads,
+            namespaces,
             last_blocked: Mutex::default(),
             writes: Mutex::default(),
             live: SharedList::with_gather(gather),
@@ -96,8 +100,12 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
     let metrics = ctx.shared.metrics.clone();
     let _timer = metrics.reconcile(names::PROTECTION_CONTROLLER, trace_id);
     ctx.shared.pods_ready().await;
+    // Only an error when the namespace watch is gone (shutdown); a missing
+    // namespace then reads as "not being deleted", which holds on.
+    let _ = ctx.namespaces.wait_until_ready().await;
 
-    let state = NadState::from_meta(&nad.metadata);
+    let state = NadState::from_meta(&nad.metadata)
+        .in_namespace(namespace_terminating(&ctx.namespaces, &nad.metadata));
     let users = ctx
         .shared
         .pods
@@ -105,7 +113,10 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         .expect("pod index lock")
         .users(&state.key);
     let decision = decide::decide(&state, &users);
-    let writes = matches!(decision, Decision::Sync { .. } | Decision::ConfirmRelease);
+    let writes = matches!(
+        decision,
+        Decision::Sync { .. } | Decision::ConfirmRelease | Decision::ConfirmEarlyRelease
+    );
     if writes && cache_is_behind_our_write(&ctx, &state) {
         // Its watch event brings this NAD back once the cache has our write.
         debug!("the NAD cache has not seen our last write yet; waiting for it");
@@ -126,7 +137,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             sync_metadata(&ctx, &state, add_finalizer, mark_in_use).await?;
             Action::await_change()
         }
-        Decision::Protected | Decision::Unprotected => {
+        Decision::Protected | Decision::Unprotected | Decision::Released => {
             ctx.last_blocked.lock().unwrap().remove(&state.key);
             Action::await_change()
         }
@@ -135,7 +146,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             report_blocked(&ctx, &nad, &users).await;
             Action::requeue(BLOCKED_RECHECK)
         }
-        Decision::ConfirmRelease => {
+        Decision::ConfirmRelease | Decision::ConfirmEarlyRelease => {
             // Waits for the shared LIST without a slot.
             let live = live_users(&ctx, &state.key).await?;
             let _slot = slot().await;
@@ -165,6 +176,23 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
     };
     ctx.retries.succeeded(&state.key);
     Ok(action)
+}
+
+/// Whether the NAD's namespace is being deleted, from the namespace cache:
+/// see `decide::namespace_terminating`.
+fn namespace_terminating(
+    namespaces: &Store<NamespaceMeta>,
+    nad: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    let Some(ns) = nad.namespace.as_deref() else {
+        return false;
+    };
+    namespaces.get(&ObjectRef::new(ns)).is_some_and(|ns| {
+        decide::namespace_terminating(
+            ns.metadata.deletion_timestamp.as_ref(),
+            nad.creation_timestamp.as_ref(),
+        )
+    })
 }
 
 pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -371,7 +399,20 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
         other => other?,
     };
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
-    if removed {
+    if removed && cached.namespace_terminating {
+        // No Event: the namespace refuses new objects while it is being
+        // deleted, and would take the Event with it.
+        ctx.shared.metrics.nad_patches.inc();
+        record_write(ctx, cached);
+        let early = !cached.deleting;
+        ctx.shared
+            .metrics
+            .finalizer_write(if early { "remove_early" } else { "remove" });
+        info!(
+            early,
+            "no pod uses this network and its namespace is being deleted; protection released"
+        );
+    } else if removed {
         ctx.shared.metrics.nad_patches.inc();
         record_write(ctx, cached);
         ctx.shared.metrics.finalizer_write("remove");
@@ -483,22 +524,59 @@ pub async fn run(
             }
         })
         .applied_objects();
-    let ctx = Arc::new(Context::new(shared, reader.clone()));
+    // Namespaces, metadata only, fed from their own future (never from
+    // inside the controller, whose reconciles wait for this cache): when one
+    // starts being deleted, its NADs are reconciled, so that the unused ones
+    // are released before the namespace controller reaches them.
+    let (ns_writer_reader, ns_writer) = reflector::store();
+    let (ns_triggers, ns_triggered) = futures::channel::mpsc::unbounded();
+    let nads_of_ns = reader.clone();
+    let namespaces = watcher(
+        Api::<NamespaceMeta>::all(shared.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|ns| {
+        ns.managed_fields_mut().clear();
+        ns.annotations_mut().clear();
+        ns.labels_mut().clear();
+    })
+    .reflect(ns_writer)
+    .applied_objects()
+    .for_each(move |ns| {
+        if let Ok(ns) = ns
+            && ns.metadata.deletion_timestamp.is_some()
+        {
+            let name = ns.name_any();
+            for nad in nads_of_ns.state() {
+                if nad.metadata.namespace.as_deref() == Some(name.as_str()) {
+                    let _ = ns_triggers.unbounded_send(ObjectRef::from_obj(nad.as_ref()));
+                }
+            }
+        }
+        futures::future::ready(())
+    });
+    let ctx = Arc::new(Context::new(shared, reader.clone(), ns_writer_reader));
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
-    Controller::for_stream(stream, reader)
+    let controller = Controller::for_stream(stream, reader)
         // Unbounded here: `API_CONCURRENCY` bounds the reconciles that call
         // the API server, and a reconcile waiting for the shared live LIST
         // is a small future parked on a channel.
         .with_config(controller::Config::default().concurrency(0))
         .reconcile_on(refs)
+        .reconcile_on(ns_triggered)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "nad-protection");
             }
-        })
-        .await;
+        });
+    // The namespace watch ends with the controller.
+    tokio::select! {
+        _ = controller => {}
+        _ = namespaces => {}
+    }
 }
 
 #[cfg(test)]
@@ -536,12 +614,27 @@ mod tests {
     }
 
     fn context(pods: &[Value]) -> (Arc<Context>, ApiServerVerifier) {
+        context_in(pods, &[])
+    }
+
+    /// With these namespaces in the namespace cache (name, being deleted).
+    fn context_in(pods: &[Value], namespaces: &[(&str, bool)]) -> (Arc<Context>, ApiServerVerifier) {
         let (shared, verifier) = fixtures::shared();
         for p in pods {
             shared.pods.write().unwrap().upsert(pod_view(p.clone()));
         }
         let (store, _writer) = reflector::store();
-        (Arc::new(Context::new(shared, store)), verifier)
+        let namespaces = fixtures::synced_store(namespaces.iter().map(|(name, deleting)| {
+            let mut meta = json!({"name": name, "uid": format!("ns-{name}")});
+            if *deleting {
+                meta["deletionTimestamp"] = json!("2026-11-23T11:00:00Z");
+            }
+            serde_json::from_value::<NamespaceMeta>(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}),
+            )
+            .unwrap()
+        }));
+        (Arc::new(Context::new(shared, store, namespaces)), verifier)
     }
 
     fn pod_list(items: &[Value]) -> Value {
@@ -741,7 +834,11 @@ mod tests {
         let (ctx, mut api) = context(&[]);
         let mut shared = ctx.shared.clone();
         shared.settings.live_list_gather = LIVE_LIST_GATHER;
-        let ctx = Arc::new(Context::new(shared, ctx.nads.clone()));
+        let ctx = Arc::new(Context::new(
+            shared,
+            ctx.nads.clone(),
+            ctx.namespaces.clone(),
+        ));
         // More NADs than API slots: waiting for the LIST takes no slot, so
         // all of them wait for the same LIST.
         let names: Vec<String> = (0..API_CONCURRENCY * 2 + 3)
@@ -817,6 +914,81 @@ mod tests {
             (Some("Normal"), Some(names::reasons::PROTECTION_RELEASED))
         );
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn an_unused_nad_is_released_as_soon_as_its_namespace_is_being_deleted() {
+        let (ctx, mut api) = context_in(&[], &[("default", true)]);
+        let obj = nad(false, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[]));
+        let patch = api.expect(Method::PATCH, NAD_PATH).await.respond(200, obj);
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/uid", "value": "nad-uid"},
+                {"op": "test", "path": "/metadata/finalizers/0", "value": names::FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/0"}
+            ])
+        );
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        // no Event: the namespace refuses new objects while it is deleted
+        api.expect_silence().await;
+        let metrics = ctx.shared.metrics.render();
+        assert!(
+            metrics.contains("nadc_finalizer_writes_total{verb=\"remove_early\"} 1"),
+            "{metrics}"
+        );
+
+        // released: no finalizer added back while nobody uses it
+        let (ctx, mut api) = context_in(&[], &[("default", true)]);
+        let released = nad(false, &[]);
+        let task = tokio::spawn(reconcile(nad_meta(&released), ctx));
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_nad_used_from_another_namespace_stays_protected_while_its_namespace_is_deleted() {
+        let mut user = demo_pod("Running");
+        user["metadata"]["namespace"] = json!("elsewhere");
+        user["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] =
+            json!("default/foo-network");
+        // protected and marked: nothing to do
+        let (ctx, mut api) = context_in(&[user.clone()], &[("default", true)]);
+        let mut obj = nad(false, &[names::FINALIZER]);
+        obj["metadata"]["labels"] = json!({names::IN_USE_LABEL: "true"});
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+        // released earlier, and a pod of another namespace starts using it:
+        // the finalizer goes back on
+        let (ctx, mut api) = context_in(&[user], &[("default", true)]);
+        let released = nad(false, &[]);
+        let task = tokio::spawn(reconcile(nad_meta(&released), ctx));
+        let patch = api
+            .expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(200, released);
+        assert_eq!(
+            patch[1],
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]})
+        );
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_nad_created_after_its_namespace_was_deleted_belongs_to_a_new_namespace() {
+        // the namespace cache still shows the old namespace, being deleted;
+        // the NAD, created later, lives in its same-name successor
+        let (ctx, mut api) = context_in(&[], &[("default", true)]);
+        let mut obj = nad(false, &[names::FINALIZER]);
+        obj["metadata"]["creationTimestamp"] = json!("2026-11-23T11:05:00Z");
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 use crate::{model::ObjectKey, model::PodView, names};
 use json_patch::Patch;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 /// The NADs a pod holds: none once the pod is terminal (Succeeded/Failed),
@@ -27,6 +28,9 @@ pub struct NadState {
     pub has_labels: bool,
     /// Carries `IN_USE_LABEL: "true"`.
     pub marked_in_use: bool,
+    /// Its namespace is being deleted (the namespace has a
+    /// deletionTimestamp), so the namespace controller will delete it soon.
+    pub namespace_terminating: bool,
 }
 
 impl NadState {
@@ -46,6 +50,15 @@ impl NadState {
                 .as_ref()
                 .and_then(|l| l.get(names::IN_USE_LABEL))
                 .is_some_and(|v| v == "true"),
+            namespace_terminating: false,
+        }
+    }
+
+    /// The same NAD, with whether its namespace is being deleted.
+    pub fn in_namespace(self, terminating: bool) -> Self {
+        NadState {
+            namespace_terminating: terminating,
+            ..self
         }
     }
 
@@ -70,6 +83,16 @@ pub enum Decision {
     /// Being deleted and the cache shows no user: confirm against the API
     /// server, then release.
     ConfirmRelease,
+    /// Not deleted yet, but its namespace is being deleted and the cache
+    /// shows no user: confirm against the API server, then release it now.
+    /// The namespace controller deletes everything in one pass and looks
+    /// again only about 5 s later if anything with a finalizer is left, so
+    /// an unused NAD still holding ours when that pass reaches it would
+    /// cost the whole namespace a second pass.
+    ConfirmEarlyRelease,
+    /// Unused, in a namespace being deleted, without our finalizer (we
+    /// released it early): nothing to hold, nothing to add.
+    Released,
     /// Being deleted without our finalizer: not ours to hold.
     Unprotected,
 }
@@ -78,8 +101,20 @@ pub enum Decision {
 /// it. The marker follows the users only while the NAD is not being deleted:
 /// it changes when the set of users goes from empty to non-empty or back,
 /// never per pod, and a deleting NAD's marker no longer matters.
+///
+/// A NAD in a namespace being deleted is protected exactly as long as a pod
+/// uses it: once none does, it is released before its own deletion (no new
+/// pod can be created in a terminating namespace, and a pod of another
+/// namespace that starts using it makes it `Sync` its finalizer back).
 pub fn decide(nad: &NadState, users: &[ObjectKey]) -> Decision {
     match (nad.deleting, nad.protected()) {
+        (false, protected) if nad.namespace_terminating && users.is_empty() => {
+            if protected {
+                Decision::ConfirmEarlyRelease
+            } else {
+                Decision::Released
+            }
+        }
         (false, protected) => {
             let in_use = !users.is_empty();
             let mark_in_use = (in_use != nad.marked_in_use).then_some(in_use);
@@ -97,6 +132,19 @@ pub fn decide(nad: &NadState, users: &[ObjectKey]) -> Decision {
         (true, true) => Decision::Blocked {
             users: users.to_vec(),
         },
+    }
+}
+
+/// Whether a NAD's namespace is being deleted: the namespace has a
+/// deletionTimestamp, and the NAD was created no later than that (a NAD
+/// created after it lives in a namespace re-created under the same name,
+/// which a lagging namespace cache may still show as the old one: nothing
+/// can be created in a namespace being deleted).
+pub fn namespace_terminating(namespace_deleted: Option<&Time>, nad_created: Option<&Time>) -> bool {
+    match (namespace_deleted, nad_created) {
+        (Some(deleted), Some(created)) => created <= deleted,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -218,6 +266,7 @@ mod tests {
             resource_version: Some("7".into()),
             has_labels: false,
             marked_in_use: false,
+            namespace_terminating: false,
         }
     }
 
@@ -344,6 +393,62 @@ mod tests {
             decide(&nad(true, &["other"]), &users),
             Decision::Unprotected
         );
+    }
+
+    #[test]
+    fn in_a_namespace_being_deleted_an_unused_nad_is_released_before_its_own_deletion() {
+        let gone = |n: NadState| n.in_namespace(true);
+        let user = vec![ObjectKey::new("default", "demo")];
+        let foreign_user = vec![ObjectKey::new("elsewhere", "demo")];
+        let protected = nad(false, &[names::FINALIZER]);
+        assert_eq!(
+            decide(&gone(protected.clone()), &[]),
+            Decision::ConfirmEarlyRelease
+        );
+        assert_eq!(decide(&gone(marked(protected.clone())), &[]), Decision::ConfirmEarlyRelease);
+        assert_eq!(decide(&gone(nad(false, &["other"])), &[]), Decision::Released);
+        // used, from the namespace itself or from another: protected as ever
+        for users in [&user, &foreign_user] {
+            assert_eq!(
+                decide(&gone(marked(protected.clone())), users),
+                Decision::Protected
+            );
+            assert_eq!(
+                decide(&gone(nad(false, &[])), users),
+                Decision::Sync {
+                    add_finalizer: true,
+                    mark_in_use: Some(true)
+                }
+            );
+        }
+        // once deleted itself, the usual rules
+        assert_eq!(
+            decide(&gone(nad(true, &[names::FINALIZER])), &[]),
+            Decision::ConfirmRelease
+        );
+        assert_eq!(
+            decide(&gone(nad(true, &[names::FINALIZER])), &user),
+            Decision::Blocked {
+                users: user.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn a_nad_newer_than_its_namespaces_deletion_is_in_a_recreated_namespace() {
+        let t = |s: &str| Time(s.parse().unwrap());
+        let deleted = t("2026-11-27T10:00:00Z");
+        assert!(namespace_terminating(
+            Some(&deleted),
+            Some(&t("2026-11-27T09:00:00Z"))
+        ));
+        assert!(namespace_terminating(Some(&deleted), Some(&deleted)));
+        assert!(namespace_terminating(Some(&deleted), None));
+        assert!(!namespace_terminating(
+            Some(&deleted),
+            Some(&t("2026-11-27T10:00:01Z"))
+        ));
+        assert!(!namespace_terminating(None, Some(&deleted)));
     }
 
     #[test]

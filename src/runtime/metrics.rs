@@ -105,7 +105,7 @@ impl Default for Metrics {
         );
         registry.register(
             "finalizer_writes",
-            "NetworkAttachmentDefinition finalizer patches sent, by verb (add, remove)",
+            "NetworkAttachmentDefinition finalizer patches sent, by verb (add, remove, and remove_early: released in a namespace being deleted before the NAD itself is)",
             finalizer_writes.clone(),
         );
         registry.register(

@@ -18,6 +18,12 @@ pub const CLUSTER: &[Permission] = &[
     },
     Permission {
         group: "",
+        resource: "namespaces",
+        verbs: &["list", "watch"],
+        used_by: "the protection controller's metadata watch: an unused NAD in a namespace being deleted is released before the namespace controller reaches it",
+    },
+    Permission {
+        group: "",
         resource: "services",
         verbs: &["get", "list", "watch"],
         used_by: "the EndpointSlice controller's Service watch",
