@@ -9,7 +9,9 @@ use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
-use crate::protection::decide::{Decision, NadState, blocked_message, decide, namespace_terminating};
+use crate::protection::decide::{
+    Decision, NadState, blocked_message, decide, namespace_terminating,
+};
 use crate::runtime::config::{PlanArgs, PlanOutput};
 use crate::{names, names::reasons};
 use k8s_openapi::api::core::v1::Service;
@@ -269,13 +271,18 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
         .nads
         .iter()
         .map(|nad| {
-            let namespace = nad.metadata.namespace.as_ref().and_then(|ns| snapshot.namespaces.get(ns));
-            let state = NadState::from_meta(&nad.metadata).in_namespace(namespace.is_some_and(|ns| {
-                namespace_terminating(
-                    ns.metadata.deletion_timestamp.as_ref(),
-                    nad.metadata.creation_timestamp.as_ref(),
-                )
-            }));
+            let namespace = nad
+                .metadata
+                .namespace
+                .as_ref()
+                .and_then(|ns| snapshot.namespaces.get(ns));
+            let state =
+                NadState::from_meta(&nad.metadata).in_namespace(namespace.is_some_and(|ns| {
+                    namespace_terminating(
+                        ns.metadata.deletion_timestamp.as_ref(),
+                        nad.metadata.creation_timestamp.as_ref(),
+                    )
+                }));
             let users = index.users(&state.key);
             let decision = decide(&state, &users);
             if let Decision::Blocked { users } = &decision {

@@ -4,8 +4,10 @@
 //! changes, watch lag, controller restarts, concurrent writers, same-name
 //! re-creation and expired LIST continue tokens, no NAD leaves the API while
 //! a non-terminal pod that Multus attaches it to exists, our finalizer never
-//! leaves a NAD that is not being deleted, no other finalizer is touched, and
-//! a deleting NAD no pod mentions is eventually released.
+//! leaves a NAD that is not being deleted (unless its namespace is being
+//! deleted and no pod uses it), no other finalizer is touched, a deleting NAD
+//! no pod mentions is eventually released, and so is an unused NAD in a
+//! namespace being deleted, before the namespace controller's pass.
 //!
 //! The code under test is the real thing: `protection::controller::reconcile`
 //! sending real HTTP requests through a kube `Client` to a small stateful
@@ -22,7 +24,7 @@ use kube::runtime::watcher;
 use nadc::model::{ObjectKey, PodLite, PodView};
 use nadc::multus::parse_networks;
 use nadc::names::FINALIZER;
-use nadc::protection::controller::{Context, NadMeta, reconcile};
+use nadc::protection::controller::{Context, NadMeta, NamespaceMeta, reconcile};
 use nadc::runtime::{Settings, Shared, metrics::Metrics};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -154,6 +156,16 @@ enum Step {
         events: usize,
     },
     Restart,
+    /// The namespace starts being deleted: nothing can be created in it any
+    /// more.
+    DeleteNamespace {
+        ns: usize,
+    },
+    /// The namespace controller's pass over a namespace being deleted, with
+    /// ordered deletion: its pods go first, then its NADs are deleted.
+    NamespacePass {
+        ns: usize,
+    },
     /// Reconcile what the cache holds for this NAD; optionally a pod naming
     /// it is created while the live LIST pages (and seen by the watch), or
     /// the continue token expires.
@@ -163,6 +175,9 @@ enum Step {
         expire_continue: bool,
     },
     ReconcileTouched,
+    /// Directed tests only: whether the NAD holds our finalizer now (or is
+    /// gone, for false).
+    Check(usize, bool),
 }
 
 const PODS: usize = 4;
@@ -182,6 +197,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (1..4usize).prop_map(|events| Step::DeliverPods { events }),
         1 => (1..4usize).prop_map(|events| Step::DeliverNads { events }),
         1 => Just(Step::Restart),
+        1 => (0..2usize).prop_map(|ns| Step::DeleteNamespace { ns }),
+        2 => (0..2usize).prop_map(|ns| Step::NamespacePass { ns }),
         3 => (0..NADS.len(), prop::option::weighted(0.3, 0..PODS), prop::bool::weighted(0.15))
             .prop_map(|(nad, pod_during_list, expire_continue)| Step::Reconcile { nad, pod_during_list, expire_continue }),
         2 => Just(Step::ReconcileTouched),
@@ -193,6 +210,17 @@ fn pod_key(i: usize) -> ObjectKey {
         if i.is_multiple_of(2) { "ns1" } else { "ns2" },
         format!("p{i}"),
     )
+}
+
+const NAMESPACES: [&str; 2] = ["ns1", "ns2"];
+
+fn namespace_meta(name: &str, terminating: bool) -> NamespaceMeta {
+    let mut meta = json!({"name": name, "uid": format!("uid-{name}")});
+    if terminating {
+        meta["deletionTimestamp"] = json!("2026-11-27T11:00:00Z");
+    }
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}))
+        .unwrap()
 }
 
 fn nad_key(i: usize) -> ObjectKey {
@@ -247,6 +275,9 @@ struct ApiState {
     /// Watch events not yet delivered to the controller's caches.
     pod_events: VecDeque<watcher::Event<PodView>>,
     nad_events: VecDeque<watcher::Event<NadMeta>>,
+    ns_events: VecDeque<watcher::Event<NamespaceMeta>>,
+    /// Namespaces being deleted.
+    terminating: BTreeSet<String>,
     /// Where the watch delivers at once (the pod created during a LIST).
     index: Option<Arc<std::sync::RwLock<nadc::index::PodIndex>>>,
     touched: BTreeSet<ObjectKey>,
@@ -319,10 +350,24 @@ impl ApiState {
             return Err(422); // no new finalizers on an object being deleted
         }
         let ours = |v: &Value| finalizers(v).iter().any(|f| f == FINALIZER);
-        assert!(
-            deleting || !ours(&current) || ours(&doc),
-            "our finalizer was removed from {key}, which is not being deleted"
-        );
+        if !deleting && ours(&current) && !ours(&doc) {
+            // Released before its deletion: only in a namespace being
+            // deleted, and only while no pod uses it.
+            assert!(
+                self.terminating.contains(&key.namespace),
+                "our finalizer was removed from {key}, which is not being deleted"
+            );
+            let users: Vec<&ObjectKey> = self
+                .pods
+                .iter()
+                .filter(|(_, p)| oracle_uses(p).contains(key))
+                .map(|(k, _)| k)
+                .collect();
+            assert!(
+                users.is_empty(),
+                "{key} released early while {users:?} use it (by Multus' rules)"
+            );
+        }
         let rv = self.bump();
         doc["metadata"]["resourceVersion"] = json!(rv);
         if deleting && finalizers(&doc).is_empty() {
@@ -424,6 +469,10 @@ impl ApiState {
     }
 }
 
+fn oracle_users(api: &ApiState, key: &ObjectKey) -> bool {
+    api.pods.values().any(|p| oracle_uses(p).contains(key))
+}
+
 fn pod_key_of(pod: &Value) -> ObjectKey {
     ObjectKey::new(
         pod["metadata"]["namespace"].as_str().unwrap(),
@@ -460,6 +509,7 @@ fn client(state: Arc<Mutex<ApiState>>) -> kube::Client {
 struct Controller {
     ctx: Arc<Context>,
     nad_writer: Writer<NadMeta>,
+    ns_writer: Writer<NamespaceMeta>,
 }
 
 impl Controller {
@@ -475,10 +525,18 @@ impl Controller {
             None,
         );
         let (reader, mut nad_writer) = reflector::store();
+        let (namespaces, mut ns_writer) = reflector::store();
         {
             let mut api = state.lock().unwrap();
             api.pod_events.clear();
             api.nad_events.clear();
+            api.ns_events.clear();
+            ns_writer.apply_watcher_event(&watcher::Event::Init);
+            for ns in NAMESPACES {
+                let meta = namespace_meta(ns, api.terminating.contains(ns));
+                ns_writer.apply_watcher_event(&watcher::Event::InitApply(meta));
+            }
+            ns_writer.apply_watcher_event(&watcher::Event::InitDone);
             let mut index = shared.pods.write().unwrap();
             index.apply_watcher_event(watcher::Event::Init);
             for p in api.pods.values() {
@@ -495,8 +553,9 @@ impl Controller {
         synced.send(true).unwrap();
         std::mem::forget(synced);
         Controller {
-            ctx: Arc::new(Context::new(shared, reader)),
+            ctx: Arc::new(Context::new(shared, reader, namespaces)),
             nad_writer,
+            ns_writer,
         }
     }
 
@@ -512,6 +571,23 @@ impl Controller {
     }
 }
 
+/// Delivers every pending watch event to the caches.
+async fn catch_up(state: &Arc<Mutex<ApiState>>, ctl: &mut Controller) {
+    let mut api = state.lock().unwrap();
+    while let Some(e) = api.pod_events.pop_front() {
+        let changes = ctl.ctx.shared.pods.write().unwrap().apply_watcher_event(e);
+        for c in changes {
+            api.touched.extend(c.touched_nads());
+        }
+    }
+    while let Some(e) = api.nad_events.pop_front() {
+        ctl.nad_writer.apply_watcher_event(&e);
+    }
+    while let Some(e) = api.ns_events.pop_front() {
+        ctl.ns_writer.apply_watcher_event(&e);
+    }
+}
+
 async fn run(steps: Vec<Step>) {
     let state = Arc::new(Mutex::new(ApiState::default()));
     let mut ctl = Controller::started(&state);
@@ -524,7 +600,7 @@ async fn run(steps: Vec<Step>) {
             } => {
                 let mut api = state.lock().unwrap();
                 let key = pod_key(pod);
-                if api.pods.contains_key(&key) {
+                if api.pods.contains_key(&key) || api.terminating.contains(&key.namespace) {
                     continue;
                 }
                 let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": annotation});
@@ -583,7 +659,7 @@ async fn run(steps: Vec<Step>) {
             } => {
                 let mut api = state.lock().unwrap();
                 let key = nad_key(nad);
-                if api.nads.contains_key(&key) {
+                if api.nads.contains_key(&key) || api.terminating.contains(&key.namespace) {
                     continue;
                 }
                 let uid = format!("nad-{}", api.next_uid);
@@ -659,8 +735,69 @@ async fn run(steps: Vec<Step>) {
                     };
                     ctl.nad_writer.apply_watcher_event(&e);
                 }
+                if let Some(e) = api.ns_events.pop_front() {
+                    ctl.ns_writer.apply_watcher_event(&e);
+                }
             }
             Step::Restart => ctl = Controller::started(&state),
+            Step::DeleteNamespace { ns } => {
+                let mut api = state.lock().unwrap();
+                let name = NAMESPACES[ns].to_string();
+                if api.terminating.insert(name.clone()) {
+                    api.ns_events
+                        .push_back(watcher::Event::Apply(namespace_meta(&name, true)));
+                }
+            }
+            Step::NamespacePass { ns } => {
+                let name = NAMESPACES[ns];
+                if !state.lock().unwrap().terminating.contains(name) {
+                    continue;
+                }
+                // The model's one timing assumption: the namespace
+                // controller starts 5 s after the deletion and passes again
+                // seconds apart, so by a pass the watches have delivered and
+                // the NADs they touched are reconciled. (It is what covers a
+                // pod of another namespace that starts using a NAD released
+                // early: the operator puts the finalizer back.)
+                catch_up(&state, &mut ctl).await;
+                let touched = std::mem::take(&mut state.lock().unwrap().touched);
+                for key in touched {
+                    ctl.reconcile(&key).await;
+                }
+                let mut api = state.lock().unwrap();
+                // ordered deletion: the namespace's pods first...
+                let pods: Vec<ObjectKey> = api
+                    .pods
+                    .keys()
+                    .filter(|k| k.namespace == name)
+                    .cloned()
+                    .collect();
+                for key in pods {
+                    let doc = api.pods.remove(&key).unwrap();
+                    api.pod_events.push_back(watcher::Event::Delete(view(&doc)));
+                }
+                // ...then its NADs
+                let nads: Vec<ObjectKey> = api
+                    .nads
+                    .keys()
+                    .filter(|k| k.namespace == name)
+                    .cloned()
+                    .collect();
+                for key in nads {
+                    let mut doc = api.nads[&key].clone();
+                    let held = doc["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| !f.is_empty());
+                    if !held {
+                        api.remove_nad(&key);
+                    } else if doc["metadata"]["deletionTimestamp"].is_null() {
+                        doc["metadata"]["deletionTimestamp"] = json!("2026-11-27T11:00:05Z");
+                        let rv = api.bump();
+                        doc["metadata"]["resourceVersion"] = json!(rv);
+                        api.put_nad(&key, doc);
+                    }
+                }
+            }
             Step::Reconcile {
                 nad,
                 pod_during_list,
@@ -672,7 +809,8 @@ async fn run(steps: Vec<Step>) {
                     if let Some(p) = pod_during_list {
                         let key = pod_key(p);
                         let n = nad_key(nad);
-                        if !api.pods.contains_key(&key) {
+                        if !api.pods.contains_key(&key) && !api.terminating.contains(&key.namespace)
+                        {
                             let annotation = if key.namespace == n.namespace {
                                 n.name.clone()
                             } else {
@@ -688,6 +826,16 @@ async fn run(steps: Vec<Step>) {
                 let mut api = state.lock().unwrap();
                 api.pod_during_list = None;
                 api.expire_next_continue = false;
+            }
+            Step::Check(nad, held) => {
+                let api = state.lock().unwrap();
+                let key = nad_key(nad);
+                let ours = api.nads.get(&key).is_some_and(|d| {
+                    d["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+                });
+                assert_eq!(ours, held, "{key}: holds our finalizer");
             }
             Step::ReconcileTouched => {
                 let touched = std::mem::take(&mut state.lock().unwrap().touched);
@@ -715,15 +863,7 @@ async fn run(steps: Vec<Step>) {
     // NAD not being deleted is protected, and a deleting NAD that no
     // non-terminal pod so much as mentions is gone (unless another
     // controller's finalizer holds it).
-    {
-        let mut api = state.lock().unwrap();
-        while let Some(e) = api.pod_events.pop_front() {
-            ctl.ctx.shared.pods.write().unwrap().apply_watcher_event(e);
-        }
-        while let Some(e) = api.nad_events.pop_front() {
-            ctl.nad_writer.apply_watcher_event(&e);
-        }
-    }
+    catch_up(&state, &mut ctl).await;
     for _ in 0..3 {
         for i in 0..NADS.len() {
             ctl.reconcile(&nad_key(i)).await;
@@ -737,13 +877,6 @@ async fn run(steps: Vec<Step>) {
     for (key, doc) in &api.nads {
         let finalizers: Vec<String> =
             serde_json::from_value(doc["metadata"]["finalizers"].clone()).unwrap_or_default();
-        if doc["metadata"]["deletionTimestamp"].is_null() {
-            assert!(
-                finalizers.iter().any(|f| f == FINALIZER),
-                "{key} is not protected"
-            );
-            continue;
-        }
         let mentioned = api.pods.values().any(|p| {
             !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
                 && p["metadata"]["annotations"].as_object().is_some_and(|a| {
@@ -751,10 +884,17 @@ async fn run(steps: Vec<Step>) {
                         .any(|v| v.as_str().is_some_and(|v| v.contains(key.name.as_str())))
                 })
         });
-        if !mentioned {
+        let held = finalizers.iter().any(|f| f == FINALIZER);
+        let deleting = !doc["metadata"]["deletionTimestamp"].is_null();
+        let namespace_deleted = api.terminating.contains(&key.namespace);
+        if !deleting && !namespace_deleted {
+            assert!(held, "{key} is not protected");
+        } else if !mentioned {
+            assert!(!held, "{key} is unused but still held");
+        } else if !deleting && oracle_users(&api, key) {
             assert!(
-                !finalizers.iter().any(|f| f == FINALIZER),
-                "{key} is unused but still held"
+                held,
+                "{key} is in use in a namespace being deleted, but not protected"
             );
         }
     }
@@ -877,6 +1017,51 @@ fn a_pod_created_during_the_live_list_holds_the_nad() {
             pod_during_list: Some(0),
             expire_continue: false,
         },
+    ]);
+}
+
+/// A namespace is deleted: its unused NAD is released before the namespace
+/// controller's pass; one used by a pod of another namespace that the watch
+/// has not delivered yet is kept (the live LIST sees the pod), through the
+/// pass and until that pod is gone.
+#[test]
+fn in_a_namespace_being_deleted_only_unused_nads_are_released_early() {
+    let reconcile = |nad| Step::Reconcile {
+        nad,
+        pod_during_list: None,
+        expire_continue: false,
+    };
+    let held = |nad: usize| Step::Check(nad, true);
+    block_on(vec![
+        Step::CreateNad {
+            nad: 0,
+            other_finalizer: false,
+        }, // ns1/net-a
+        Step::CreateNad {
+            nad: 2,
+            other_finalizer: false,
+        }, // ns1/net-c
+        Step::DeliverNads { events: 2 },
+        reconcile(0),
+        reconcile(2),
+        Step::CreatePod {
+            pod: 1, // ns2
+            annotation: "ns1/net-a".into(),
+            default_net: false,
+        },
+        Step::DeleteNamespace { ns: 0 },
+        Step::DeliverNads { events: 2 },
+        reconcile(0),
+        reconcile(2),
+        held(0),
+        Step::Check(2, false),
+        Step::NamespacePass { ns: 0 },
+        Step::DeliverNads { events: 2 },
+        reconcile(0),
+        held(0),
+        Step::DeletePod { pod: 1 },
+        Step::DeliverPods { events: 2 },
+        reconcile(0),
     ]);
 }
 

@@ -618,7 +618,10 @@ mod tests {
     }
 
     /// With these namespaces in the namespace cache (name, being deleted).
-    fn context_in(pods: &[Value], namespaces: &[(&str, bool)]) -> (Arc<Context>, ApiServerVerifier) {
+    fn context_in(
+        pods: &[Value],
+        namespaces: &[(&str, bool)],
+    ) -> (Arc<Context>, ApiServerVerifier) {
         let (shared, verifier) = fixtures::shared();
         for p in pods {
             shared.pods.write().unwrap().upsert(pod_view(p.clone()));

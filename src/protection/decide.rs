@@ -405,8 +405,14 @@ mod tests {
             decide(&gone(protected.clone()), &[]),
             Decision::ConfirmEarlyRelease
         );
-        assert_eq!(decide(&gone(marked(protected.clone())), &[]), Decision::ConfirmEarlyRelease);
-        assert_eq!(decide(&gone(nad(false, &["other"])), &[]), Decision::Released);
+        assert_eq!(
+            decide(&gone(marked(protected.clone())), &[]),
+            Decision::ConfirmEarlyRelease
+        );
+        assert_eq!(
+            decide(&gone(nad(false, &["other"])), &[]),
+            Decision::Released
+        );
         // used, from the namespace itself or from another: protected as ever
         for users in [&user, &foreign_user] {
             assert_eq!(
