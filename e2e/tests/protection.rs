@@ -1,10 +1,11 @@
 //! End-to-end scenarios of NAD protection beyond the seeds: annotations
 //! Multus accepts that a stricter parser would not, a DeletionBlocked that
-//! stays current while users change, and the admission policy that refuses
-//! the delete of an in-use NAD up front. `#[ignore]`d like every cluster
+//! stays current while users change, the admission policy that refuses
+//! the delete of an in-use NAD up front, and a namespace's deletion. `#[ignore]`d like every cluster
 //! test: `just e2e-local` runs them.
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use nadc::names;
@@ -133,6 +134,89 @@ async fn deletion_blocked_names_the_current_users() {
     assert!(note.contains("1 pod(s)"), "{note}");
     t.delete_pod("second").await;
     t.wait_nad_gone("net").await;
+}
+
+/// A namespace is deleted: its unused NAD gives up our finalizer before the
+/// namespace controller's first pass (5 s after the delete) reaches it, so
+/// the operator costs the namespace no second pass; a NAD that the
+/// namespace's own pod uses, or that a pod of another namespace uses, keeps
+/// it, and the latter holds the namespace until that pod is gone.
+#[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
+async fn a_namespace_being_deleted_releases_only_its_unused_nads_early() {
+    let Some((client, _op)) = setup().await else {
+        return;
+    };
+    let t = TestNs::new(&client, "nsdel").await;
+    let other = TestNs::new(&client, "nsdel-user").await;
+    for nad in ["unused", "local", "shared"] {
+        t.create_nad(nad).await;
+    }
+    t.create_user("local-user", "local").await;
+    other
+        .create_user("remote-user", &format!("{}/shared", t.ns))
+        .await;
+    for nad in ["unused", "local", "shared"] {
+        t.wait_protected(nad).await;
+    }
+    t.wait_in_use("local").await;
+    t.wait_in_use("shared").await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&t.ns, &DeleteParams::default())
+        .await
+        .expect("delete the namespace");
+    let released_early = eventually("the unused NAD released before its deletion", || async {
+        let nad = t.nads().get_opt("unused").await.expect("get NAD");
+        match nad {
+            None => Some(false), // deleted first: released too late
+            Some(n) if n.metadata.deletion_timestamp.is_some() => Some(false),
+            Some(n) => (!n.finalizers().iter().any(|f| f == names::FINALIZER)).then_some(true),
+        }
+    })
+    .await;
+    assert!(
+        released_early,
+        "the namespace controller deleted the unused NAD before the operator released it"
+    );
+    assert_eq!(t.has_finalizer("local").await, Some(true));
+    assert_eq!(t.has_finalizer("shared").await, Some(true));
+
+    // The namespace controller's pass: its pod and its two unused NADs go,
+    // the NAD used from elsewhere stays, being deleted, with the namespace.
+    t.wait_nad_gone("unused").await;
+    t.wait_nad_gone("local").await;
+    eventually("the shared NAD is being deleted and held", || async {
+        let n = t.nads().get_opt("shared").await.expect("get NAD")?;
+        (n.metadata.deletion_timestamp.is_some()
+            && n.finalizers().iter().any(|f| f == names::FINALIZER))
+        .then_some(())
+    })
+    .await;
+    consistently(
+        "the namespace waits for the pod of another namespace",
+        Duration::from_secs(6),
+        || async {
+            namespaces
+                .get_opt(&t.ns)
+                .await
+                .expect("get namespace")
+                .is_some()
+        },
+    )
+    .await;
+    other.delete_pod("remote-user").await;
+    t.wait_nad_gone("shared").await;
+    eventually("the namespace is gone", || async {
+        namespaces
+            .get_opt(&t.ns)
+            .await
+            .expect("get namespace")
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }
 
 /// The note of the newest DeletionBlocked Event about `nad`, as `kubectl

@@ -90,6 +90,103 @@ async fn labelled_in_use(
     }
 }
 
+/// Plays the kubelet's part in a pod's deletion: pods carry this finalizer,
+/// which is taken off `GRACE` after their deletion starts (a kubelet stops
+/// the containers, tears down the network and then removes the pod).
+const KUBELET_FINALIZER: &str = "bench.k8s-net-attach-def-controller/kubelet";
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Deletes a namespace of `pods` pods that terminate as a kubelet's do (see
+/// `KUBELET_FINALIZER`), each using its own NAD when `with_nads` (without,
+/// it is the baseline: the same namespace with nothing for the operator to
+/// protect). The time until the namespace is gone.
+async fn graceful_namespace_deletion(
+    client: &Client,
+    pods: usize,
+    with_nads: bool,
+) -> anyhow::Result<Duration> {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Patch, PatchParams, PostParams};
+    let ns = TestNs::new(
+        client,
+        if with_nads {
+            "bench-grace"
+        } else {
+            "bench-base"
+        },
+    )
+    .await;
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns.ns);
+    futures::stream::iter(0..pods)
+        .map(|j| {
+            let (ns, pods_api) = (&ns, &pods_api);
+            async move {
+                if with_nads {
+                    ns.create_nad(&format!("net-{j}")).await;
+                }
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("user-{j}"), "finalizers": [KUBELET_FINALIZER],
+                                 "annotations": {names::NETWORKS_ANNOTATION: format!("net-{j}")}},
+                    "spec": {"nodeSelector": {"nadc-e2e/never-scheduled": "true"},
+                             "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}
+                }))?;
+                pods_api.create(&PostParams::default(), &pod).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    if with_nads {
+        let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns.ns);
+        labelled_in_use(&nads, pods).await?;
+    }
+    let kubelet = tokio::spawn({
+        let pods_api = pods_api.clone();
+        async move {
+            let mut deleting_since: HashMap<String, Instant> = HashMap::new();
+            loop {
+                if let Ok(list) = pods_api.list_metadata(&ListParams::default()).await {
+                    for pod in list.items {
+                        if pod.metadata.deletion_timestamp.is_none() {
+                            continue;
+                        }
+                        let name = pod.name_any();
+                        let since = *deleting_since
+                            .entry(name.clone())
+                            .or_insert_with(Instant::now);
+                        if since.elapsed() >= GRACE {
+                            let _ = pods_api
+                                .patch_metadata(
+                                    &name,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let deleted_at = Instant::now();
+    namespaces.delete(&ns.ns, &Default::default()).await?;
+    let gone = loop {
+        if namespaces.get_opt(&ns.ns).await?.is_none() {
+            break deleted_at.elapsed();
+        }
+        if deleted_at.elapsed() > Duration::from_secs(300) {
+            kubelet.abort();
+            bail!("namespace {} not gone after 300 s", ns.ns);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    kubelet.abort();
+    Ok(gone)
+}
+
 /// The sum of one metric family's samples.
 async fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
     let (_, body) = http_get(addr, "/metrics")
@@ -427,6 +524,10 @@ async fn main() -> anyhow::Result<()> {
         let nads_gone = nads_gone.unwrap_or(namespace_gone);
         let live_lists = metric(&args.http_addr, "nadc_live_pod_lists_total").await? - lists_before;
         memory_by_phase.insert("4_mass_deletion".into(), memory(pid));
+        // 4b. the same with pods that terminate as a kubelet's do, against
+        // the same namespace with no NAD for the operator to protect
+        let graceful_gone = graceful_namespace_deletion(&client, args.nads, true).await?;
+        let graceful_baseline = graceful_namespace_deletion(&client, args.nads, false).await?;
 
         // 5. the in-use label's cost: 1,000 pods sharing 10 NADs come and go
         const CHURN_PODS: usize = 1000;
@@ -492,6 +593,8 @@ async fn main() -> anyhow::Result<()> {
             "mass_deletion_nads_deleting_seconds": nads_deleting.map(|d| d.as_secs_f64()),
             "mass_deletion_nads_gone_seconds": nads_gone.as_secs_f64(),
             "mass_deletion_live_pod_lists": live_lists,
+            "graceful_deletion_namespace_gone_seconds": graceful_gone.as_secs_f64(),
+            "graceful_deletion_without_nads_gone_seconds": graceful_baseline.as_secs_f64(),
             "marker_churn": format!("{CHURN_PODS} pods over {CHURN_NADS} NADs created and deleted"),
             "marker_writes_in_churn": marker_writes,
             "at_rest_rss_mib": at_rest_rss,
