@@ -967,6 +967,36 @@ mod tests {
         assert_eq!(docs[0]["metadata"]["finalizers"], json!([names::FINALIZER]));
     }
 
+    #[test]
+    fn a_namespace_being_deleted_in_the_snapshot_releases_its_unused_nads() {
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .add_yaml(
+                "ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed, deletionTimestamp: '2026-11-27T10:00:00Z'}\n---\n\
+                 apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: unused, namespace: doomed, finalizers: [k8s.cni.cncf.io/net-attach-def-protection]}\n---\n\
+                 apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: used, namespace: doomed, finalizers: [k8s.cni.cncf.io/net-attach-def-protection], labels: {k8s.cni.cncf.io/in-use: 'true'}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: doomed, annotations: {k8s.v1.cni.cncf.io/networks: used}}\n",
+            )
+            .unwrap();
+        assert!(snapshot.skipped.is_empty(), "{:?}", snapshot.skipped);
+        let report = plan(&snapshot, "kube-system", 100);
+        let decision = |name: &str| {
+            report
+                .nads
+                .iter()
+                .find(|n| n.key.name == name)
+                .and_then(|n| n.decision.clone())
+        };
+        assert_eq!(decision("unused"), Some(Decision::ConfirmEarlyRelease));
+        assert_eq!(decision("used"), Some(Decision::Protected));
+        let table = render_table(&report, &snapshot);
+        assert!(
+            table.contains("remove finalizer before the namespace controller deletes it"),
+            "{table}"
+        );
+    }
+
     /// The plan and the live controllers must agree: for the seed snapshot,
     /// what `plan` says is exactly what the reconcilers send to the API.
     #[tokio::test]
