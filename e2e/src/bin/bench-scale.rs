@@ -323,6 +323,38 @@ async fn main() -> anyhow::Result<()> {
             }),
     );
 
+    // The API server's own write-to-watch latency, for reference: a
+    // ConfigMap patched between the samples below and watched here. A pod
+    // change reaches its slice through two such hops (the pod's write to
+    // the operator's watch, the slice's write to ours) plus the operator.
+    let probe_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let probes: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &t.ns);
+    probes
+        .create(
+            &Default::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "bench-probe"}, "data": {"v": "0"}}),
+            )?,
+        )
+        .await
+        .context("create the probe ConfigMap")?;
+    let probe_record = probe_seen.clone();
+    let probe_watch = tokio::spawn(
+        watcher(
+            probes.clone(),
+            watcher::Config::default().fields("metadata.name=bench-probe"),
+        )
+        .default_backoff()
+        .touched_objects()
+        .try_for_each(move |cm| {
+            let now = Instant::now();
+            if let Some(v) = cm.data.as_ref().and_then(|d| d.get("v")) {
+                probe_record.lock().unwrap().entry(v.clone()).or_insert(now);
+            }
+            futures::future::ready(Ok(()))
+        }),
+    );
+
     // Created well before our operator starts: nothing may have acted on
     // them yet, or the figures below would be another operator's.
     if let Some(by) = nadc_e2e::other_operator_evidence(&t).await {
@@ -426,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
 
         // 3. single-pod changes: latency to the slice, and writes per change
         let mut latencies = Vec::new();
+        let mut hops = Vec::new();
         let mut max_writes_per_change = 0.0f64;
         // The operator's own share of the latency: its reconciles' mean
         // duration over this phase (the rest is the watch and the API).
@@ -454,10 +487,30 @@ async fn main() -> anyhow::Result<()> {
             };
             latencies.push(seen_at.saturating_duration_since(sent));
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let value = (k + 1).to_string();
+            let sent = Instant::now();
+            probes
+                .patch(
+                    "bench-probe",
+                    &Default::default(),
+                    &kube::api::Patch::Merge(json!({"data": {"v": value}})),
+                )
+                .await?;
+            let probe_at = loop {
+                if let Some(at) = probe_seen.lock().unwrap().get(&value) {
+                    break *at;
+                }
+                if sent.elapsed() > Duration::from_secs(60) {
+                    bail!("the probe ConfigMap's change never reached its watch");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            hops.push(probe_at.saturating_duration_since(sent));
             max_writes_per_change =
                 max_writes_per_change.max(writes(&args.http_addr).await? - before);
         }
         latencies.sort();
+        hops.sort();
         let reconciles = metric(&args.http_addr, ENDPOINTS_RECONCILES).await? - reconciles_before;
         let mean_reconcile_ms = (metric(&args.http_addr, ENDPOINTS_RECONCILE).await?
             - reconcile_time_before)
@@ -582,6 +635,8 @@ async fn main() -> anyhow::Result<()> {
             "latency_p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
             "latency_p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
             "latency_phase_reconciles": reconciles,
+            "api_write_to_watch_p50_ms": percentile(&hops, 0.50).as_secs_f64() * 1000.0,
+            "api_write_to_watch_p99_ms": percentile(&hops, 0.99).as_secs_f64() * 1000.0,
             "latency_phase_mean_reconcile_ms": mean_reconcile_ms,
             "samples": latencies.len(),
             "steady_state_seconds": args.steady_seconds,
@@ -607,6 +662,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = operator.kill();
     let _ = operator.wait();
     slice_watch.abort();
+    probe_watch.abort();
     let report = match result {
         Ok(r) => r,
         Err(e) => {
