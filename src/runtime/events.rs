@@ -9,6 +9,12 @@
 //! `ProtectionReleased` that follows it). Each lane holds at most
 //! `LANE_CAPACITY` waiting Events; beyond that new ones are dropped, logged
 //! and counted, never buffered without bound.
+//!
+//! All lanes together send at most `EVENTS_PER_SECOND`, after a burst of
+//! `EVENT_BURST` (client-go paces its Event broadcaster the same way):
+//! Events are the least urgent writes the operator makes, and a cold
+//! start's thousand of them would otherwise take API server time from the
+//! slices they describe.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
@@ -20,6 +26,48 @@ pub const LANES: usize = 4;
 /// Events waiting per lane before new ones are dropped (a cold start with
 /// thousands of Services fits).
 pub const LANE_CAPACITY: usize = 1024;
+
+/// Events sent per second once a burst is spent, across all lanes.
+pub const EVENTS_PER_SECOND: u32 = 20;
+/// Events that may go at once after a quiet moment.
+pub const EVENT_BURST: u32 = 40;
+
+/// Spaces sends `1/rate` apart, letting up to `burst` go at once after a
+/// quiet moment (a virtual-time token bucket: the next free slot, never
+/// earlier than `burst` slots in the past).
+pub struct Pacer {
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+    interval: std::time::Duration,
+    burst: std::time::Duration,
+}
+
+impl Pacer {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let interval = std::time::Duration::from_secs(1) / per_second.max(1);
+        // `burst` slots at or before now: the first at now - (burst-1) slots
+        let burst = interval * burst.saturating_sub(1);
+        let now = tokio::time::Instant::now();
+        Pacer {
+            // the bucket starts full
+            next: tokio::sync::Mutex::new(now.checked_sub(burst).unwrap_or(now)),
+            interval,
+            burst,
+        }
+    }
+
+    /// Waits for this send's slot.
+    pub async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let earliest = now.checked_sub(self.burst).unwrap_or(now);
+            let slot = (*next).max(earliest);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
 
 /// How an Event is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +96,15 @@ impl Outbox {
         reporter: Reporter,
         dropped: prometheus_client::metrics::counter::Counter,
     ) -> Self {
+        let pacer = std::sync::Arc::new(Pacer::new(EVENTS_PER_SECOND, EVENT_BURST));
         let lanes = (0..LANES)
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Item>(LANE_CAPACITY);
                 let series = Recorder::new(client.clone(), reporter.clone());
-                let (client, reporter) = (client.clone(), reporter.clone());
+                let (client, reporter, pacer) = (client.clone(), reporter.clone(), pacer.clone());
                 tokio::spawn(async move {
                     while let Some((event, regarding, kind)) = rx.recv().await {
+                        pacer.wait().await;
                         let result = match kind {
                             Kind::Series => series.publish(&event, &regarding).await,
                             Kind::StateChange => {
@@ -129,6 +179,32 @@ mod tests {
             name: Some(name.into()),
             ..Default::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_lets_a_burst_through_then_spaces_sends() {
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let pacer = Pacer::new(20, 40);
+        let quiet_from = tokio::time::Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..60 {
+            pacer.wait().await;
+            at.push(tokio::time::Instant::now() - quiet_from);
+        }
+        // a burst of 40 (a new pacer's bucket is full), then 50 ms apart
+        assert!(at[39] < std::time::Duration::from_millis(1), "{:?}", at[39]);
+        assert_eq!(at[59] - at[39], std::time::Duration::from_millis(1000));
+        // after a quiet second, 20 go at once again
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let t = tokio::time::Instant::now();
+        for _ in 0..20 {
+            pacer.wait().await;
+        }
+        assert!(tokio::time::Instant::now() - t < std::time::Duration::from_millis(1));
+        pacer.wait().await;
+        assert!(tokio::time::Instant::now() - t >= std::time::Duration::from_millis(50));
+        assert!(start.elapsed() > std::time::Duration::from_secs(10));
     }
 
     /// An object's Events reach the API server in the order they were
