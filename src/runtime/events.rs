@@ -11,7 +11,7 @@
 //! and counted, never buffered without bound.
 //!
 //! All lanes together send at most `EVENTS_PER_SECOND`, after a burst of
-//! `EVENT_BURST` (client-go paces its Event broadcaster the same way):
+//! `EVENT_BURST` (client-go's recorder limits Events too, per object):
 //! Events are the least urgent writes the operator makes, and a cold
 //! start's thousand of them would otherwise take API server time from the
 //! slices they describe.
