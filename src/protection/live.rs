@@ -6,6 +6,12 @@
 //! that *started after it asked* (so a pod created before the ask is always
 //! in it). A caller arriving while a LIST runs waits for the next one, which
 //! then serves every caller that arrived meanwhile.
+//!
+//! A LIST starts once nobody has asked for `gather`, or `GATHER_CAP` times
+//! `gather` after its leader asked, whichever comes first: the namespace
+//! controller deletes a namespace's pods one by one, so its NADs fall
+//! unused over a second or so, and a fixed moment from the first ask would
+//! leave the later ones to a second and third LIST.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -20,7 +26,12 @@ struct State<T> {
     completed: u64,
     running: bool,
     last: Option<Arc<T>>,
+    /// When somebody last asked.
+    last_ask: Option<tokio::time::Instant>,
 }
+
+/// The longest a leader gathers, in multiples of `gather`.
+pub const GATHER_CAP: u32 = 4;
 
 pub struct SharedList<T> {
     state: Mutex<State<T>>,
@@ -46,6 +57,7 @@ impl<T> SharedList<T> {
                 completed: 0,
                 running: false,
                 last: None,
+                last_ask: None,
             }),
             finished: watch::channel(0).0,
         }
@@ -72,7 +84,11 @@ impl<T> SharedList<T> {
         F: Fn() -> Fut,
         Fut: Future<Output = T>,
     {
-        let need = self.state.lock().unwrap().started + 1;
+        let need = {
+            let mut s = self.state.lock().unwrap();
+            s.last_ask = Some(tokio::time::Instant::now());
+            s.started + 1
+        };
         let mut finished = self.finished.subscribe();
         loop {
             let lead = {
@@ -94,7 +110,15 @@ impl<T> SharedList<T> {
             if lead {
                 let mut guard = Lead(self, false);
                 if !self.gather.is_zero() {
-                    tokio::time::sleep(self.gather).await;
+                    let cap = tokio::time::Instant::now() + self.gather * GATHER_CAP;
+                    loop {
+                        let last_ask = self.state.lock().unwrap().last_ask;
+                        let quiet = last_ask.map_or(cap, |at| at + self.gather).min(cap);
+                        if quiet <= tokio::time::Instant::now() {
+                            break;
+                        }
+                        tokio::time::sleep_until(quiet).await;
+                    }
                 }
                 self.state.lock().unwrap().started += 1;
                 let result = Arc::new(fetch().await);
@@ -193,6 +217,40 @@ mod tests {
             assert_eq!(c.await.unwrap(), 1);
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_trickling_in_share_one_list_until_the_cap() {
+        let gather = std::time::Duration::from_millis(500);
+        let shared = Arc::new(SharedList::<u64>::with_gather(gather));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now();
+        let ask = |after_ms: u64| {
+            let (s, f) = (shared.clone(), fetches.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+                let n = *s
+                    .fresh(|| async { f.fetch_add(1, Ordering::SeqCst) + 1 })
+                    .await;
+                (n, start.elapsed())
+            })
+        };
+        // 300 ms apart, over 1.2 s: each within 500 ms of the one before
+        let trickle: Vec<_> = (0..5).map(|i| ask(300 * i)).collect();
+        for c in trickle {
+            let (n, at) = c.await.unwrap();
+            assert_eq!(n, 1);
+            // the LIST started 500 ms after the last ask (1.2 s)
+            assert_eq!(at, std::time::Duration::from_millis(1700));
+        }
+        // asking every 300 ms without end: a LIST still starts at the cap
+        let endless: Vec<_> = (0..20).map(|i| ask(300 * i)).collect();
+        let (first, at) = endless.into_iter().next().unwrap().await.unwrap();
+        assert_eq!(first, 2);
+        assert_eq!(
+            at - std::time::Duration::from_millis(1700),
+            gather * GATHER_CAP
+        );
     }
 
     #[tokio::test]
