@@ -219,6 +219,33 @@ fn rss_field_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU time a process has used so far (user + system), in seconds.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // after the command's closing parenthesis: field 3 (state) onwards
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / CLOCK_TICKS)
+}
+
+/// CPU time the whole machine has spent busy so far (every core), in seconds.
+fn machine_busy_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum();
+    Some(busy / CLOCK_TICKS)
+}
+
+/// USER_HZ, the unit of /proc's CPU times (100 on every Linux we run on).
+const CLOCK_TICKS: f64 = 100.0;
+
 /// The process's memory now: resident (split into the binary's and other
 /// mapped files' pages and anonymous memory, i.e. mostly heap and stacks)
 /// and the high-water mark so far, in MiB. Taken at the end of each phase,
@@ -385,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
     let mut operator = spawn_tied(cmd)
         .context("start the operator (cargo build --release first; E2E_BINARY picks the binary)")?;
     let pid = operator.id();
+    let machine_cpu_at_start = machine_busy_cpu_seconds();
 
     let result = async {
         // 1. convergence: every Service's slices hold all its pods, every NAD is finalized
@@ -445,6 +473,15 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         println!("converged in {converged:?}");
+        // Who used the machine's cores during the cold start: the operator,
+        // or the API server, etcd and this benchmark (the rest).
+        let cold_start_cpu = json!({
+            "operator_seconds": process_cpu_seconds(pid),
+            "machine_busy_seconds": machine_busy_cpu_seconds()
+                .zip(machine_cpu_at_start)
+                .map(|(now, then)| now - then),
+            "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        });
         let mut memory_by_phase = serde_json::Map::new();
         memory_by_phase.insert("1_cold_start".into(), memory(pid));
         let cold_start_nad_patches = metric(&args.http_addr, "nadc_nad_patches_total").await?;
@@ -632,6 +669,7 @@ async fn main() -> anyhow::Result<()> {
             "pods": args.pods, "services": args.services, "nads": args.nads,
             "converged_seconds": converged.as_secs_f64(),
             "cold_start_pods_indexed_seconds": pods_indexed_at.map(|d| d.as_secs_f64()),
+            "cold_start_cpu": cold_start_cpu,
             "latency_p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
             "latency_p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
             "latency_phase_reconciles": reconciles,
