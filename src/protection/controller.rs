@@ -280,9 +280,11 @@ fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
     }
 }
 
-fn record_write(ctx: &Context, from: &NadState) {
+/// Records our write computed from `from`, which produced `written` (the
+/// response's metadata).
+fn record_write(ctx: &Context, from: &NadState, written: Option<&str>) {
     if let (Some(uid), Some(rv)) = (&from.uid, &from.resource_version) {
-        ctx.writes.lock().unwrap().wrote(uid, rv);
+        ctx.writes.lock().unwrap().wrote(uid, rv, written);
     }
 }
 
@@ -305,14 +307,15 @@ async fn sync_metadata(
             let Some(patch) = decide::sync_patch(&from, add_finalizer, mark_in_use) else {
                 return Ok::<(), Error>(());
             };
-            api.patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            let written = api
+                .patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
                 .await
                 .map_err(Error::kube(
                     "updating the finalizer and in-use label of",
                     &from.key,
                 ))?;
             ctx.shared.metrics.nad_patches.inc();
-            record_write(ctx, &from);
+            record_write(ctx, &from, written.metadata.resource_version.as_deref());
             if add_finalizer {
                 ctx.shared.metrics.finalizer_write("add");
                 info!("finalizer added");
@@ -366,11 +369,11 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
         let api = api.clone();
         async move {
             let Some(patch) = decide::remove_finalizer_patch(uid, &finalizers) else {
-                return Ok(false);
+                return Ok(None);
             };
             api.patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
                 .await
-                .map(|_| true)
+                .map(|written| Some(written.metadata.resource_version))
                 .map_err(Error::kube("removing the finalizer from", &cached.key))
         }
     };
@@ -385,7 +388,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
                     Some(m) if m.metadata.uid == nad.metadata.uid => {
                         remove(m.metadata.finalizers.unwrap_or_default()).await
                     }
-                    _ => Ok(false),
+                    _ => Ok(None),
                 }
             };
             refetch
@@ -394,16 +397,19 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
                 .await?
         }
         Err(e) if matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) => {
-            false
+            None
         }
         other => other?,
     };
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
-    if removed && cached.namespace_terminating {
+    let Some(written) = removed else {
+        return Ok(());
+    };
+    ctx.shared.metrics.nad_patches.inc();
+    record_write(ctx, cached, written.as_deref());
+    if cached.namespace_terminating {
         // No Event: the namespace refuses new objects while it is being
         // deleted, and would take the Event with it.
-        ctx.shared.metrics.nad_patches.inc();
-        record_write(ctx, cached);
         let early = !cached.deleting;
         ctx.shared
             .metrics
@@ -412,9 +418,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
             early,
             "no pod uses this network and its namespace is being deleted; protection released"
         );
-    } else if removed {
-        ctx.shared.metrics.nad_patches.inc();
-        record_write(ctx, cached);
+    } else {
         ctx.shared.metrics.finalizer_write("remove");
         info!("no pod uses this network any more; protection released");
         ctx.shared.publish(
@@ -693,10 +697,15 @@ mod tests {
         let (ctx, mut api) = context(&[demo_pod("Running")]);
         let obj = nad(false, &[]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        // what the API server makes of the patch: rv 8, protected, marked
+        let mut current = obj.clone();
+        current["metadata"]["resourceVersion"] = json!("8");
+        current["metadata"]["finalizers"] = json!([names::FINALIZER]);
+        current["metadata"]["labels"] = json!({names::IN_USE_LABEL: "true"});
         let patch = api
             .expect(Method::PATCH, NAD_PATH)
             .await
-            .respond(200, obj.clone());
+            .respond(200, current.clone());
         assert_eq!(
             patch,
             json!([
@@ -723,10 +732,6 @@ mod tests {
         api.expect_silence().await;
 
         // The cache catches up (rv 8, marked): nothing left to do.
-        let mut current = obj.clone();
-        current["metadata"]["resourceVersion"] = json!("8");
-        current["metadata"]["finalizers"] = json!([names::FINALIZER]);
-        current["metadata"]["labels"] = json!({names::IN_USE_LABEL: "true"});
         let settled = tokio::spawn(reconcile(nad_meta(&current), ctx.clone()));
         assert_eq!(settled.await.unwrap().unwrap(), Action::await_change());
         api.expect_silence().await;
@@ -991,6 +996,30 @@ mod tests {
         obj["metadata"]["creationTimestamp"] = json!("2026-11-23T11:05:00Z");
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_version_older_than_our_release_sends_no_second_live_list() {
+        // released early from rv 7; the namespace controller's delete (rv 8)
+        // landed in between; our patch produced rv 9
+        let (ctx, mut api) = context_in(&[], &[("default", true)]);
+        let obj = nad(false, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[]));
+        let mut written = nad(true, &[]);
+        written["metadata"]["resourceVersion"] = json!("9");
+        api.expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(200, written);
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        // the cache now shows rv 8: deleting, our finalizer still on
+        let mut between = nad(true, &[names::FINALIZER]);
+        between["metadata"]["resourceVersion"] = json!("8");
+        let again = tokio::spawn(reconcile(nad_meta(&between), ctx.clone()));
+        assert_eq!(again.await.unwrap().unwrap(), Action::await_change());
         api.expect_silence().await;
     }
 

@@ -1,48 +1,84 @@
 //! Guards NAD writes against a stale cache, as `endpoints::tracker` does for
-//! slices: a reconcile that decides from the very version of a NAD that our
-//! last write replaced would repeat that write (and fail its `test`) or
-//! undo it. Pure state, no IO.
+//! slices: a reconcile that decides from a version of a NAD older than our
+//! last write would repeat that write (and fail its `test`), undo it, or,
+//! for a released NAD, send another live LIST for nothing. Pure state, no IO.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
-/// Per NAD uid, the resourceVersion our last successful write was computed
-/// from. Comparing for equality only: resourceVersions are opaque.
+/// Per NAD uid, our last successful write: the resourceVersion it was
+/// computed from and the one it produced.
 #[derive(Debug, Default)]
 pub struct NadWrites {
-    replaced: HashMap<String, String>,
+    written: HashMap<String, Written>,
+}
+
+#[derive(Debug)]
+struct Written {
+    from: String,
+    to: Option<String>,
+}
+
+/// Orders two resourceVersions of the same resource, as apimachinery's
+/// `CompareResourceVersion` does (Kubernetes 1.34 made them comparable,
+/// KEP-5504): positive integers without leading zeros, the longer the
+/// greater. None when either is not of that form (a storage that keeps
+/// them opaque).
+pub fn compare_resource_versions(a: &str, b: &str) -> Option<Ordering> {
+    let well_formed =
+        |s: &str| !s.is_empty() && !s.starts_with('0') && s.bytes().all(|c| c.is_ascii_digit());
+    (well_formed(a) && well_formed(b)).then(|| a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
 }
 
 impl NadWrites {
-    /// Records a successful write computed from `from_rv`.
-    pub fn wrote(&mut self, uid: &str, from_rv: &str) {
-        self.replaced.insert(uid.to_string(), from_rv.to_string());
+    /// Records a successful write computed from `from_rv` that produced
+    /// `to_rv` (the response's resourceVersion, when it had one).
+    pub fn wrote(&mut self, uid: &str, from_rv: &str, to_rv: Option<&str>) {
+        self.written.insert(
+            uid.to_string(),
+            Written {
+                from: from_rv.to_string(),
+                to: to_rv.map(str::to_string),
+            },
+        );
     }
 
-    /// True when the cached object is the version our last write replaced:
-    /// the cache has not caught up, and its watch event will bring the NAD
-    /// back. Once the cache shows any other version, the entry is dropped.
+    /// True when the cached object is older than our last write: the cache
+    /// has not caught up, and the write's watch event will bring the NAD
+    /// back. That is any version below the one our write produced (another
+    /// client's change in between, such as the namespace controller's
+    /// delete, included) or, where versions cannot be compared, the very
+    /// version our write replaced. Once the cache has caught up, the entry
+    /// is dropped.
     pub fn is_stale(&mut self, uid: &str, cached_rv: &str) -> bool {
-        match self.replaced.get(uid) {
-            Some(rv) if rv == cached_rv => true,
-            Some(_) => {
-                self.replaced.remove(uid);
-                false
-            }
-            None => false,
+        let Some(w) = self.written.get(uid) else {
+            return false;
+        };
+        let stale = match w
+            .to
+            .as_deref()
+            .and_then(|to| compare_resource_versions(cached_rv, to))
+        {
+            Some(order) => order == Ordering::Less,
+            None => cached_rv == w.from,
+        };
+        if !stale {
+            self.written.remove(uid);
         }
+        stale
     }
 
     /// Forgets a NAD that is gone.
     pub fn forget(&mut self, uid: &str) {
-        self.replaced.remove(uid);
+        self.written.remove(uid);
     }
 
     pub fn len(&self) -> usize {
-        self.replaced.len()
+        self.written.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.replaced.is_empty()
+        self.written.is_empty()
     }
 }
 
@@ -51,21 +87,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_replaced_version_is_stale_until_the_cache_moves_on() {
+    fn every_version_before_ours_is_stale_until_the_cache_catches_up() {
         let mut w = NadWrites::default();
         assert!(!w.is_stale("u", "7"));
-        w.wrote("u", "7");
+        w.wrote("u", "7", Some("9"));
         assert!(w.is_stale("u", "7"));
+        // the namespace controller's delete, between our read and our write
+        assert!(w.is_stale("u", "8"));
+        assert!(!w.is_stale("u", "9"));
+        assert!(w.is_empty(), "dropped once the cache caught up");
+        assert!(!w.is_stale("u", "7"));
+        // a later version counts as caught up too
+        w.wrote("u", "9", Some("12"));
+        assert!(!w.is_stale("u", "100"));
+    }
+
+    #[test]
+    fn opaque_versions_fall_back_to_the_replaced_one() {
+        let mut w = NadWrites::default();
+        w.wrote("u", "a7", Some("a9"));
+        assert!(w.is_stale("u", "a7"));
+        assert!(!w.is_stale("u", "a8"));
+        w.wrote("u", "7", None);
         assert!(w.is_stale("u", "7"));
         assert!(!w.is_stale("u", "8"));
-        assert!(w.is_empty(), "dropped once the cache moved on");
-        assert!(!w.is_stale("u", "7"));
+    }
+
+    #[test]
+    fn versions_compare_as_apimachinery_compares_them() {
+        use Ordering::*;
+        let c = compare_resource_versions;
+        assert_eq!(c("9", "10"), Some(Less));
+        assert_eq!(c("10", "9"), Some(Greater));
+        assert_eq!(c("123", "123"), Some(Equal));
+        assert_eq!(c("124", "123"), Some(Greater));
+        for bad in ["", "0", "007", "1a", "-1", " 1"] {
+            assert_eq!(c(bad, "5"), None, "{bad:?}");
+            assert_eq!(c("5", bad), None, "{bad:?}");
+        }
     }
 
     #[test]
     fn a_recreated_nad_is_another_uid() {
         let mut w = NadWrites::default();
-        w.wrote("old", "7");
+        w.wrote("old", "7", Some("8"));
         assert!(!w.is_stale("new", "7"));
         w.forget("old");
         assert_eq!(w.len(), 0);
