@@ -20,7 +20,7 @@ struct Written {
 }
 
 /// Orders two resourceVersions of the same resource, as apimachinery's
-/// `CompareResourceVersion` does (Kubernetes 1.34 made them comparable,
+/// `CompareResourceVersion` does (Kubernetes 1.35 made them comparable,
 /// KEP-5504): positive integers without leading zeros, the longer the
 /// greater. None when either is not of that form (a storage that keeps
 /// them opaque).
