@@ -275,16 +275,20 @@ fn retry_policy() -> ExponentialBuilder {
 
 fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
     match (&cached.uid, &cached.resource_version) {
-        (Some(uid), Some(rv)) => ctx.writes.lock().unwrap().is_stale(uid, rv),
+        (Some(uid), Some(rv)) => ctx
+            .writes
+            .lock()
+            .unwrap()
+            .is_stale(uid, rv, cached.protected()),
         _ => false,
     }
 }
 
 /// Records our write computed from `from`, which produced `written` (the
 /// response's metadata).
-fn record_write(ctx: &Context, from: &NadState, written: Option<&str>) {
+fn record_write(ctx: &Context, from: &NadState, written: Option<&str>, released: bool) {
     if let (Some(uid), Some(rv)) = (&from.uid, &from.resource_version) {
-        ctx.writes.lock().unwrap().wrote(uid, rv, written);
+        ctx.writes.lock().unwrap().wrote(uid, rv, written, released);
     }
 }
 
@@ -315,7 +319,12 @@ async fn sync_metadata(
                     &from.key,
                 ))?;
             ctx.shared.metrics.nad_patches.inc();
-            record_write(ctx, &from, written.metadata.resource_version.as_deref());
+            record_write(
+                ctx,
+                &from,
+                written.metadata.resource_version.as_deref(),
+                false,
+            );
             if add_finalizer {
                 ctx.shared.metrics.finalizer_write("add");
                 info!("finalizer added");
@@ -406,7 +415,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
         return Ok(());
     };
     ctx.shared.metrics.nad_patches.inc();
-    record_write(ctx, cached, written.as_deref());
+    record_write(ctx, cached, written.as_deref(), true);
     if cached.namespace_terminating {
         // No Event: the namespace refuses new objects while it is being
         // deleted, and would take the Event with it.
@@ -489,9 +498,11 @@ async fn list_live_usage(shared: &Shared) -> Result<LiveUsage, Arc<kube::Error>>
 /// call. This is what closes pvc-protection's race. Every NAD confirming at
 /// the same time shares that LIST (`live::SharedList`).
 pub async fn live_users(ctx: &Context, nad: &ObjectKey) -> Result<Vec<ObjectKey>> {
+    debug!(%nad, "asking for a live LIST of every pod");
     let usage = ctx
         .live
         .fresh(|| async {
+            debug!("live LIST of every pod starting");
             ctx.shared.metrics.live_list();
             list_live_usage(&ctx.shared).await
         })

@@ -17,6 +17,8 @@ pub struct NadWrites {
 struct Written {
     from: String,
     to: Option<String>,
+    /// The write removed our finalizer.
+    released: bool,
 }
 
 /// Orders two resourceVersions of the same resource, as apimachinery's
@@ -32,13 +34,15 @@ pub fn compare_resource_versions(a: &str, b: &str) -> Option<Ordering> {
 
 impl NadWrites {
     /// Records a successful write computed from `from_rv` that produced
-    /// `to_rv` (the response's resourceVersion, when it had one).
-    pub fn wrote(&mut self, uid: &str, from_rv: &str, to_rv: Option<&str>) {
+    /// `to_rv` (the response's resourceVersion, when it had one), and
+    /// whether it removed our finalizer.
+    pub fn wrote(&mut self, uid: &str, from_rv: &str, to_rv: Option<&str>, released: bool) {
         self.written.insert(
             uid.to_string(),
             Written {
                 from: from_rv.to_string(),
                 to: to_rv.map(str::to_string),
+                released,
             },
         );
     }
@@ -48,9 +52,12 @@ impl NadWrites {
     /// back. That is any version below the one our write produced (another
     /// client's change in between, such as the namespace controller's
     /// delete, included) or, where versions cannot be compared, the very
-    /// version our write replaced. Once the cache has caught up, the entry
-    /// is dropped.
-    pub fn is_stale(&mut self, uid: &str, cached_rv: &str) -> bool {
+    /// version our write replaced. After a release, the version our write
+    /// produced still showing our finalizer is stale too: it is the last
+    /// stored state that the watch's DELETED event carries (the API server
+    /// deletes an object whose last finalizer goes without storing it
+    /// emptied). Once the cache has caught up, the entry is dropped.
+    pub fn is_stale(&mut self, uid: &str, cached_rv: &str, cached_protected: bool) -> bool {
         let Some(w) = self.written.get(uid) else {
             return false;
         };
@@ -59,7 +66,9 @@ impl NadWrites {
             .as_deref()
             .and_then(|to| compare_resource_versions(cached_rv, to))
         {
-            Some(order) => order == Ordering::Less,
+            Some(Ordering::Less) => true,
+            Some(Ordering::Equal) => w.released && cached_protected,
+            Some(Ordering::Greater) => false,
             None => cached_rv == w.from,
         };
         if !stale {
@@ -89,28 +98,38 @@ mod tests {
     #[test]
     fn every_version_before_ours_is_stale_until_the_cache_catches_up() {
         let mut w = NadWrites::default();
-        assert!(!w.is_stale("u", "7"));
-        w.wrote("u", "7", Some("9"));
-        assert!(w.is_stale("u", "7"));
+        assert!(!w.is_stale("u", "7", true));
+        w.wrote("u", "7", Some("9"), false);
+        assert!(w.is_stale("u", "7", true));
         // the namespace controller's delete, between our read and our write
-        assert!(w.is_stale("u", "8"));
-        assert!(!w.is_stale("u", "9"));
+        assert!(w.is_stale("u", "8", true));
+        assert!(!w.is_stale("u", "9", true));
         assert!(w.is_empty(), "dropped once the cache caught up");
-        assert!(!w.is_stale("u", "7"));
+        assert!(!w.is_stale("u", "7", true));
         // a later version counts as caught up too
-        w.wrote("u", "9", Some("12"));
-        assert!(!w.is_stale("u", "100"));
+        w.wrote("u", "9", Some("12"), false);
+        assert!(!w.is_stale("u", "100", true));
+    }
+
+    #[test]
+    fn after_a_release_our_own_version_still_holding_the_finalizer_is_stale() {
+        let mut w = NadWrites::default();
+        w.wrote("u", "7", Some("9"), true);
+        // the DELETED event's object: our rv, the last stored finalizers
+        assert!(w.is_stale("u", "9", true));
+        assert!(!w.is_stale("u", "9", false));
+        assert!(w.is_empty());
     }
 
     #[test]
     fn opaque_versions_fall_back_to_the_replaced_one() {
         let mut w = NadWrites::default();
-        w.wrote("u", "a7", Some("a9"));
-        assert!(w.is_stale("u", "a7"));
-        assert!(!w.is_stale("u", "a8"));
-        w.wrote("u", "7", None);
-        assert!(w.is_stale("u", "7"));
-        assert!(!w.is_stale("u", "8"));
+        w.wrote("u", "a7", Some("a9"), false);
+        assert!(w.is_stale("u", "a7", true));
+        assert!(!w.is_stale("u", "a8", true));
+        w.wrote("u", "7", None, true);
+        assert!(w.is_stale("u", "7", true));
+        assert!(!w.is_stale("u", "8", true));
     }
 
     #[test]
@@ -130,8 +149,8 @@ mod tests {
     #[test]
     fn a_recreated_nad_is_another_uid() {
         let mut w = NadWrites::default();
-        w.wrote("old", "7", Some("8"));
-        assert!(!w.is_stale("new", "7"));
+        w.wrote("old", "7", Some("8"), false);
+        assert!(!w.is_stale("new", "7", true));
         w.forget("old");
         assert_eq!(w.len(), 0);
     }
