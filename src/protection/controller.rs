@@ -47,6 +47,11 @@ pub struct Context {
     pub nads: Store<NadMeta>,
     /// Namespaces (metadata), to tell the NADs of a namespace being deleted.
     pub namespaces: Store<NamespaceMeta>,
+    /// True once the namespace cache has synced. Not the Store's own
+    /// `wait_until_ready`: kube-runtime 5 wakes only the last of several
+    /// concurrent waiters there (one oneshot receiver, one waker), and the
+    /// other reconciles waited forever.
+    namespaces_synced: tokio::sync::watch::Receiver<bool>,
     /// Last DeletionBlocked message per NAD, so an unchanged one is not repeated.
     last_blocked: LastNotes,
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
@@ -59,17 +64,28 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context whose namespace cache counts as synced; `run` waits for
+    /// its own with `waiting_for_namespaces`.
     pub fn new(shared: Shared, nads: Store<NadMeta>, namespaces: Store<NamespaceMeta>) -> Self {
         let gather = shared.settings.live_list_gather;
         Context {
             shared,
             nads,
             namespaces,
+            namespaces_synced: tokio::sync::watch::channel(true).1,
             last_blocked: Mutex::default(),
             writes: Mutex::default(),
             live: SharedList::with_gather(gather),
             api_slots: tokio::sync::Semaphore::new(API_CONCURRENCY),
             retries: Default::default(),
+        }
+    }
+
+    /// Reconciles wait until `synced` turns true.
+    pub fn waiting_for_namespaces(self, synced: tokio::sync::watch::Receiver<bool>) -> Self {
+        Context {
+            namespaces_synced: synced,
+            ..self
         }
     }
 }
@@ -102,7 +118,11 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
     ctx.shared.pods_ready().await;
     // Only an error when the namespace watch is gone (shutdown); a missing
     // namespace then reads as "not being deleted", which holds on.
-    let _ = ctx.namespaces.wait_until_ready().await;
+    let _ = ctx
+        .namespaces_synced
+        .clone()
+        .wait_for(|synced| *synced)
+        .await;
 
     let state = NadState::from_meta(&nad.metadata)
         .in_namespace(namespace_terminating(&ctx.namespaces, &nad.metadata));
@@ -545,6 +565,7 @@ pub async fn run(
     // are released before the namespace controller reaches them.
     let (ns_writer_reader, ns_writer) = reflector::store();
     let (ns_triggers, ns_triggered) = futures::channel::mpsc::unbounded();
+    let (ns_synced, ns_synced_rx) = tokio::sync::watch::channel(false);
     let nads_of_ns = reader.clone();
     let namespaces = watcher(
         Api::<NamespaceMeta>::all(shared.client.clone()),
@@ -557,6 +578,12 @@ pub async fn run(
         ns.labels_mut().clear();
     })
     .reflect(ns_writer)
+    .inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            debug!("namespace cache synced");
+            let _ = ns_synced.send(true);
+        }
+    })
     .applied_objects()
     .for_each(move |ns| {
         if let Ok(ns) = ns
@@ -571,7 +598,9 @@ pub async fn run(
         }
         futures::future::ready(())
     });
-    let ctx = Arc::new(Context::new(shared, reader.clone(), ns_writer_reader));
+    let ctx = Arc::new(
+        Context::new(shared, reader.clone(), ns_writer_reader).waiting_for_namespaces(ns_synced_rx),
+    );
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
     let controller = Controller::for_stream(stream, reader)
         // Unbounded here: `API_CONCURRENCY` bounds the reconciles that call
@@ -1031,6 +1060,34 @@ mod tests {
         between["metadata"]["resourceVersion"] = json!("8");
         let again = tokio::spawn(reconcile(nad_meta(&between), ctx.clone()));
         assert_eq!(again.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_namespace_cache_goes_on_once_it_syncs() {
+        let (ctx, mut api) = context(&[]);
+        let (synced, rx) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(Arc::into_inner(ctx).unwrap().waiting_for_namespaces(rx));
+        let tasks: Vec<_> = (0..5)
+            .map(|i| {
+                let mut obj = nad(false, &[names::FINALIZER]);
+                obj["metadata"]["name"] = json!(format!("net-{i}"));
+                tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "decided before the cache synced"
+        );
+        synced.send(true).unwrap();
+        for t in tasks {
+            let done = tokio::time::timeout(Duration::from_secs(5), t).await;
+            assert_eq!(
+                done.expect("woken").unwrap().unwrap(),
+                Action::await_change()
+            );
+        }
         api.expect_silence().await;
     }
 
