@@ -64,7 +64,6 @@ pub const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 pub mod reasons {
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     pub const PROTECTION_RELEASED: &str = "ProtectionReleased";
-    pub const RELEASED_FOR_NAMESPACE_DELETION: &str = "ReleasedForNamespaceDeletion";
     pub const INVALID_NETWORK_ANNOTATION: &str = "InvalidNetworkAnnotation";
     pub const INVALID_SELECTOR_ANNOTATION: &str = "InvalidSelectorAnnotation";
     pub const SELECTOR_CONFLICT: &str = "SelectorConflict";
