@@ -312,14 +312,42 @@ impl ApiState {
         self.nads.insert(key.clone(), doc);
     }
 
-    /// The invariant's check point: a NAD leaving the API.
-    fn remove_nad(&mut self, key: &ObjectKey) {
-        let users: Vec<&ObjectKey> = self
-            .pods
+    /// The pods that hold `key`, by the oracle.
+    fn users_of(&self, key: &ObjectKey) -> Vec<&ObjectKey> {
+        self.pods
             .iter()
             .filter(|(_, p)| oracle_uses(p).contains(key))
             .map(|(k, _)| k)
-            .collect();
+            .collect()
+    }
+
+    /// A delete of the NAD, as the API server takes it: gone at once when
+    /// nothing holds it (checked against the invariant when `checked`),
+    /// otherwise marked deleted.
+    fn delete_nad(&mut self, key: &ObjectKey, checked: bool, at: &str) {
+        let Some(mut doc) = self.nads.get(key).cloned() else {
+            return;
+        };
+        let held = doc["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if !held && checked {
+            self.remove_nad(key);
+        } else if !held {
+            self.nads.remove(key);
+            self.nad_events
+                .push_back(watcher::Event::Delete(nad_meta(&doc)));
+        } else if doc["metadata"]["deletionTimestamp"].is_null() {
+            doc["metadata"]["deletionTimestamp"] = json!(at);
+            let rv = self.bump();
+            doc["metadata"]["resourceVersion"] = json!(rv);
+            self.put_nad(key, doc);
+        }
+    }
+
+    /// The invariant's check point: a NAD leaving the API.
+    fn remove_nad(&mut self, key: &ObjectKey) {
+        let users = self.users_of(key);
         assert!(
             users.is_empty(),
             "NAD {key} removed while {users:?} use it (by Multus' rules)"
@@ -357,12 +385,7 @@ impl ApiState {
                 self.terminating.contains(&key.namespace),
                 "our finalizer was removed from {key}, which is not being deleted"
             );
-            let users: Vec<&ObjectKey> = self
-                .pods
-                .iter()
-                .filter(|(_, p)| oracle_uses(p).contains(key))
-                .map(|(k, _)| k)
-                .collect();
+            let users = self.users_of(key);
             assert!(
                 users.is_empty(),
                 "{key} released early while {users:?} use it (by Multus' rules)"
@@ -467,10 +490,6 @@ impl ApiState {
             _ => panic!("the protection controller sent an unexpected {method} {path}"),
         }
     }
-}
-
-fn oracle_users(api: &ApiState, key: &ObjectKey) -> bool {
-    api.pods.values().any(|p| oracle_uses(p).contains(key))
 }
 
 fn pod_key_of(pod: &Value) -> ObjectKey {
@@ -672,26 +691,12 @@ async fn run(steps: Vec<Step>) {
                 api.put_nad(&key, json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": uid, "resourceVersion": rv, "finalizers": finalizers}}));
             }
             Step::DeleteNad { nad } => {
-                let mut api = state.lock().unwrap();
-                let key = nad_key(nad);
-                let Some(mut doc) = api.nads.get(&key).cloned() else {
-                    continue;
-                };
-                let held = doc["metadata"]["finalizers"]
-                    .as_array()
-                    .is_some_and(|f| !f.is_empty());
-                if !held {
-                    // Nothing holds it: gone at once. Not the operator's doing
-                    // (it never protected it), so not the invariant's business.
-                    api.nads.remove(&key);
-                    api.nad_events
-                        .push_back(watcher::Event::Delete(nad_meta(&doc)));
-                } else if doc["metadata"]["deletionTimestamp"].is_null() {
-                    doc["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
-                    let rv = api.bump();
-                    doc["metadata"]["resourceVersion"] = json!(rv);
-                    api.put_nad(&key, doc);
-                }
+                // Nothing holds it: gone at once. Not the operator's doing
+                // (it never protected it), so not the invariant's business.
+                state
+                    .lock()
+                    .unwrap()
+                    .delete_nad(&nad_key(nad), false, "2026-11-27T10:00:00Z");
             }
             Step::ForeignWrite { nad } => {
                 let mut api = state.lock().unwrap();
@@ -776,7 +781,8 @@ async fn run(steps: Vec<Step>) {
                     let doc = api.pods.remove(&key).unwrap();
                     api.pod_events.push_back(watcher::Event::Delete(view(&doc)));
                 }
-                // ...then its NADs
+                // ...then its NADs; one released early goes at once, and
+                // no pod may use it then
                 let nads: Vec<ObjectKey> = api
                     .nads
                     .keys()
@@ -784,18 +790,7 @@ async fn run(steps: Vec<Step>) {
                     .cloned()
                     .collect();
                 for key in nads {
-                    let mut doc = api.nads[&key].clone();
-                    let held = doc["metadata"]["finalizers"]
-                        .as_array()
-                        .is_some_and(|f| !f.is_empty());
-                    if !held {
-                        api.remove_nad(&key);
-                    } else if doc["metadata"]["deletionTimestamp"].is_null() {
-                        doc["metadata"]["deletionTimestamp"] = json!("2026-11-27T11:00:05Z");
-                        let rv = api.bump();
-                        doc["metadata"]["resourceVersion"] = json!(rv);
-                        api.put_nad(&key, doc);
-                    }
+                    api.delete_nad(&key, true, "2026-11-27T11:00:05Z");
                 }
             }
             Step::Reconcile {
@@ -891,7 +886,7 @@ async fn run(steps: Vec<Step>) {
             assert!(held, "{key} is not protected");
         } else if !mentioned {
             assert!(!held, "{key} is unused but still held");
-        } else if !deleting && oracle_users(&api, key) {
+        } else if !deleting && !api.users_of(key).is_empty() {
             assert!(
                 held,
                 "{key} is in use in a namespace being deleted, but not protected"

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State<T> {
     /// LISTs started so far; the running one, if any, is number `started`
     /// (while its leader still gathers callers, it is `started + 1`).
@@ -27,7 +27,7 @@ struct State<T> {
     running: bool,
     last: Option<Arc<T>>,
     /// When somebody last asked.
-    last_ask: Option<tokio::time::Instant>,
+    last_ask: tokio::time::Instant,
 }
 
 /// The longest a leader gathers, in multiples of `gather`.
@@ -57,7 +57,7 @@ impl<T> SharedList<T> {
                 completed: 0,
                 running: false,
                 last: None,
-                last_ask: None,
+                last_ask: tokio::time::Instant::now(),
             }),
             finished: watch::channel(0).0,
         }
@@ -86,7 +86,7 @@ impl<T> SharedList<T> {
     {
         let need = {
             let mut s = self.state.lock().unwrap();
-            s.last_ask = Some(tokio::time::Instant::now());
+            s.last_ask = tokio::time::Instant::now();
             s.started + 1
         };
         let mut finished = self.finished.subscribe();
@@ -113,7 +113,7 @@ impl<T> SharedList<T> {
                     let cap = tokio::time::Instant::now() + self.gather * GATHER_CAP;
                     loop {
                         let last_ask = self.state.lock().unwrap().last_ask;
-                        let quiet = last_ask.map_or(cap, |at| at + self.gather).min(cap);
+                        let quiet = (last_ask + self.gather).min(cap);
                         if quiet <= tokio::time::Instant::now() {
                             break;
                         }

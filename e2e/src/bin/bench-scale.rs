@@ -219,6 +219,24 @@ fn rss_field_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// When a watch first saw `key` (recorded in `seen`), polled every 5 ms;
+/// None if not within 60 s of `sent`.
+async fn first_sighting(
+    seen: &Mutex<HashMap<String, Instant>>,
+    key: &str,
+    sent: Instant,
+) -> Option<Instant> {
+    loop {
+        if let Some(at) = seen.lock().unwrap().get(key) {
+            return Some(*at);
+        }
+        if sent.elapsed() > Duration::from_secs(60) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// CPU time a process has used so far (user + system), in seconds.
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -513,14 +531,8 @@ async fn main() -> anyhow::Result<()> {
             let sent = Instant::now();
             t.set_network_status(&format!("pod-{i}"), status_entries(&network, &[&ip]))
                 .await;
-            let seen_at = loop {
-                if let Some(at) = seen.lock().unwrap().get(&ip) {
-                    break *at;
-                }
-                if sent.elapsed() > Duration::from_secs(60) {
-                    bail!("{ip} never showed up in a slice");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let Some(seen_at) = first_sighting(&seen, &ip, sent).await else {
+                bail!("{ip} never showed up in a slice");
             };
             latencies.push(seen_at.saturating_duration_since(sent));
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -533,14 +545,8 @@ async fn main() -> anyhow::Result<()> {
                     &kube::api::Patch::Merge(json!({"data": {"v": value}})),
                 )
                 .await?;
-            let probe_at = loop {
-                if let Some(at) = probe_seen.lock().unwrap().get(&value) {
-                    break *at;
-                }
-                if sent.elapsed() > Duration::from_secs(60) {
-                    bail!("the probe ConfigMap's change never reached its watch");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let Some(probe_at) = first_sighting(&probe_seen, &value, sent).await else {
+                bail!("the probe ConfigMap's change never reached its watch");
             };
             hops.push(probe_at.saturating_duration_since(sent));
             max_writes_per_change =
