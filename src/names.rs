@@ -17,6 +17,28 @@ pub const ALLOW_DELETE_IN_USE_ANNOTATION: &str = "k8s.cni.cncf.io/allow-delete-i
 /// Name of the ValidatingAdmissionPolicy and its binding.
 pub const ADMISSION_POLICY: &str = "net-attach-def-in-use-protection";
 
+/// Name of the ValidatingAdmissionPolicy (and its binding) that refuses a
+/// pod naming a NAD no new pod may use: one being deleted, or one released
+/// early because its namespace is being deleted.
+pub const POD_ADMISSION_POLICY: &str = "net-attach-def-pod-admission";
+
+/// ConfigMap, in the operator's namespace, that the pod admission policy
+/// reads as its param. Each NAD no new pod may use has the key
+/// `<namespace>.<name>` (unambiguous: a namespace has no dot), whose value
+/// says why, as it reads in the refusal ("being deleted"). The operator
+/// writes a NAD's key *before* it releases the NAD's finalizer.
+pub const ADMISSION_STATE_CONFIGMAP: &str = "nad-admission-state";
+
+/// Key of [`ADMISSION_STATE_CONFIGMAP`] holding the Multus namespace, where a
+/// namespace-less `v1.multus-cni.io/default-network` lives (no dot, so it
+/// never collides with a NAD's key).
+pub const ADMISSION_STATE_MULTUS_NAMESPACE_KEY: &str = "multus-namespace";
+
+/// Values of a NAD's key in [`ADMISSION_STATE_CONFIGMAP`].
+pub const REFUSAL_BEING_DELETED: &str = "being deleted";
+pub const REFUSAL_RELEASED_EARLY: &str =
+    "released early: its namespace is being deleted";
+
 /// Value of `endpointslice.kubernetes.io/managed-by` on the EndpointSlices we own.
 pub const MANAGED_BY: &str = "net-attach-def-controller.k8s.cni.cncf.io";
 
