@@ -6,7 +6,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use nadc::endpoints::controller::decide_service;
+use nadc::endpoints::decide::decide_service;
 use nadc::endpoints::slices::apply_plan;
 use nadc::index::PodIndex;
 use nadc::model::{PodLite, PodView};

@@ -3,7 +3,7 @@
 //! controller exactly which of its objects the change concerns: the NADs
 //! whose users changed, the Services that select the pod.
 
-use crate::endpoints::controller::SharedSelectors;
+use crate::endpoints::selecting::SharedSelectors;
 use crate::index::PodChange;
 use crate::model::{ObjectKey, PodLite, PodView};
 use crate::names;
@@ -25,17 +25,6 @@ pub struct Outputs {
     pub services: UnboundedSender<ObjectKey>,
     pub resync_services: UnboundedSender<()>,
     pub synced: watch::Sender<bool>,
-}
-
-/// Maps a watcher event's object.
-pub fn map_event<A, B>(ev: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
-    match ev {
-        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
-        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
 }
 
 /// Remembers which bad annotation values were already reported, per pod uid
@@ -82,7 +71,7 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
     let mut problems = ProblemLog::default();
     while let Some(event) = stream.next().await {
         let event = match event {
-            Ok(ev) => map_event(ev, |pod| PodView::new(pod, &multus_ns)),
+            Ok(ev) => crate::relist::map_event(ev, |pod| PodView::new(pod, &multus_ns)),
             Err(e) => {
                 warn!(error = %e, "pod watch failed; retrying with backoff");
                 continue;

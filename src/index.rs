@@ -6,7 +6,7 @@
 //! O(references of that pod).
 
 use crate::model::{ObjectKey, PodView};
-use crate::protection::decide::nads_in_use;
+use crate::relist::{Change, Relist};
 use kube::runtime::watcher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,14 +24,14 @@ impl PodChange {
         let old: BTreeSet<&ObjectKey> = self
             .old
             .as_deref()
-            .map(nads_in_use)
+            .map(PodView::nads_in_use)
             .unwrap_or_default()
             .iter()
             .collect();
         let new: BTreeSet<&ObjectKey> = self
             .new
             .as_deref()
-            .map(nads_in_use)
+            .map(PodView::nads_in_use)
             .unwrap_or_default()
             .iter()
             .collect();
@@ -51,8 +51,7 @@ pub struct PodIndex {
     by_label: HashMap<String, LabelIndex>,
     users: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     len: usize,
-    /// Pods of a re-list in progress; swapped in whole at InitDone.
-    relist: Option<Vec<Arc<PodView>>>,
+    relist: Relist<Arc<PodView>>,
     synced: bool,
 }
 
@@ -66,22 +65,14 @@ impl PodIndex {
     /// the difference from the previous state, so pods deleted while the
     /// watch was down are noticed.
     pub fn apply_watcher_event(&mut self, event: watcher::Event<PodView>) -> Vec<PodChange> {
-        match event {
-            watcher::Event::Init => {
-                self.relist = Some(Vec::new());
-                Vec::new()
-            }
-            watcher::Event::InitApply(pod) => {
-                self.relist.get_or_insert_with(Vec::new).push(Arc::new(pod));
-                Vec::new()
-            }
-            watcher::Event::InitDone => {
+        match self.relist.feed(event, Arc::new) {
+            Change::Buffered => Vec::new(),
+            Change::Relisted(listed) => {
                 self.synced = true;
-                let listed = self.relist.take().unwrap_or_default();
                 self.replace_all(listed)
             }
-            watcher::Event::Apply(pod) => self.upsert(pod).into_iter().collect(),
-            watcher::Event::Delete(pod) => self.remove(&pod.key).into_iter().collect(),
+            Change::Apply(pod) => self.upsert(pod).into_iter().collect(),
+            Change::Delete(pod) => self.remove(&pod.key).into_iter().collect(),
         }
     }
 
@@ -147,7 +138,7 @@ impl PodIndex {
     }
 
     fn link(&mut self, pod: &PodView) {
-        for nad in nads_in_use(pod) {
+        for nad in pod.nads_in_use() {
             self.users
                 .entry(nad.clone())
                 .or_default()
@@ -163,7 +154,7 @@ impl PodIndex {
     }
 
     fn unlink(&mut self, pod: &PodView) {
-        for nad in nads_in_use(pod) {
+        for nad in pod.nads_in_use() {
             if let Some(set) = self.users.get_mut(nad) {
                 set.remove(&pod.key);
                 if set.is_empty() {

@@ -18,6 +18,7 @@ pub mod names;
 pub mod plan;
 pub mod protection;
 pub mod release;
+pub mod relist;
 pub mod runtime;
 
 /// Errors of the IO shell; each names the object and the step that failed.

@@ -156,11 +156,10 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     let (nad_tx, nad_rx) = futures::channel::mpsc::unbounded();
     let (svc_tx, svc_rx) = futures::channel::mpsc::unbounded();
     let (resync_tx, resync_rx) = futures::channel::mpsc::unbounded();
-    let (services, selectors, service_events, deleted_services) =
-        endpoints::controller::service_watch(client.clone());
+    let services = endpoints::watch::service_watch(client.clone());
     let feed_task = tokio::spawn(feed::run(
         shared.clone(),
-        selectors,
+        services.selectors.clone(),
         feed::Outputs {
             nads: nad_tx,
             services: svc_tx,
@@ -170,15 +169,7 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     ));
     let controllers = futures::future::join(
         protection::controller::run(shared.clone(), nad_rx, stop.clone()),
-        endpoints::controller::run(
-            shared.clone(),
-            services,
-            service_events,
-            deleted_services,
-            svc_rx,
-            resync_rx,
-            stop.clone(),
-        ),
+        endpoints::controller::run(shared.clone(), services, svc_rx, resync_rx, stop.clone()),
     );
     let lost = match &leadership {
         Some(l) => Leadership::lost(l.state.clone()).boxed(),

@@ -3,7 +3,7 @@
 //! the controllers run (`decide`, `decide_service`), so the plan and the live
 //! behaviour cannot drift apart.
 
-use crate::endpoints::controller::{ServiceDecision, decide_cleanup, decide_service, is_ours_for};
+use crate::endpoints::decide::{ServiceDecision, decide_cleanup, decide_service, is_ours_for};
 use crate::endpoints::intent::Intent;
 use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;

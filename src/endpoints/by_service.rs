@@ -9,6 +9,7 @@
 
 use crate::model::ObjectKey;
 use crate::names;
+use crate::relist::{Change, Relist, by_ref};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::HashMap;
@@ -21,8 +22,7 @@ pub struct ByService<K> {
     by_service: HashMap<ObjectKey, HashMap<String, Arc<K>>>,
     /// The Service each slice was filed under, to move or drop it.
     filed_under: HashMap<ObjectKey, ObjectKey>,
-    /// The slices of a re-list in progress, swapped in at `InitDone`.
-    relist: Option<Vec<K>>,
+    relist: Relist<K>,
 }
 
 impl<K> Default for ByService<K> {
@@ -30,7 +30,7 @@ impl<K> Default for ByService<K> {
         ByService {
             by_service: HashMap::new(),
             filed_under: HashMap::new(),
-            relist: None,
+            relist: Relist::default(),
         }
     }
 }
@@ -49,23 +49,20 @@ impl<K: ResourceExt + Clone> ByService<K> {
     /// what the re-list delivered, so slices deleted while the watch was
     /// down are dropped.
     pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
-        match event {
-            watcher::Event::Init => self.relist = Some(Vec::new()),
-            watcher::Event::InitApply(slice) => {
-                self.relist.get_or_insert_with(Vec::new).push(slice.clone());
-            }
-            watcher::Event::InitDone => {
+        match self.relist.feed(by_ref(event), K::clone) {
+            Change::Buffered => {}
+            Change::Relisted(listed) => {
                 self.by_service.clear();
                 self.filed_under.clear();
-                for slice in self.relist.take().unwrap_or_default() {
+                for slice in listed {
                     self.insert(slice);
                 }
             }
-            watcher::Event::Apply(slice) => {
+            Change::Apply(slice) => {
                 self.remove(slice);
                 self.insert(slice.clone());
             }
-            watcher::Event::Delete(slice) => self.remove(slice),
+            Change::Delete(slice) => self.remove(slice),
         }
     }
 

@@ -1,31 +1,28 @@
 //! The EndpointSlice controller: reconciles Services, owns our
 //! EndpointSlices, and is triggered by the pod feed when a selected pod
 //! changes. It gathers the Service, its pods and its current slices, asks
-//! `intent`/`desired`/`slices` for the plan, and sends it. For an opted-in
-//! Service it also asks `leftovers` about the other slices under its name
-//! (watched metadata-only) and applies that cleanup.
+//! `decide` for the plan and the cleanup, and sends them (`cleanup` applies
+//! the latter). The watches that feed it live in `watch`.
 
-use super::by_service::{SliceCache, service_of};
-use super::desired::desired_endpoints;
-use super::intent::{Intent, service_intent};
-use super::leftovers::{self, Cleanup, SliceRef, classify_service_slices, plan_cleanup};
-use super::selecting::ServiceSelectors;
-use super::slices::{SliceOwner, SlicePlan, plan_slices};
+use super::cleanup::{apply_cleanup, delete_orphans};
+use super::decide::{cached_slices, decide_cleanup, decide_service};
+use super::intent::Intent;
+use super::leftovers;
+use super::slices::SlicePlan;
 use super::tracker::SliceTracker;
+use super::watch::{OtherSlices, OurSlices, ServiceWatch, slice_watches};
 use crate::model::ObjectKey;
 use crate::runtime::events::{LastNotes, note_changed};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::PartialObjectMeta;
+use kube::Resource;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,27 +39,22 @@ pub const CONCURRENCY: u16 = 32;
 /// Retry delay when the slice cache has not caught up with our writes.
 pub const STALE_RETRY: Duration = Duration::from_millis(500);
 
-/// Our slices, by Service.
-pub type OurSlices = Arc<SliceCache<EndpointSlice>>;
-/// Metadata of the slices labelled with a Service name that are not ours.
-pub type OtherSlices = Arc<SliceCache<PartialObjectMeta<EndpointSlice>>>;
-
 pub struct Context {
     pub shared: Shared,
     pub slices: OurSlices,
     pub others: OtherSlices,
-    tracker: Mutex<SliceTracker>,
+    pub(super) tracker: Mutex<SliceTracker>,
     /// Last opt-in Warning per Service, so an unchanged one is not repeated.
     last_warning: LastNotes,
     /// Last `ForeignEndpointSlices` Warning per Service, likewise.
     last_foreign: LastNotes,
     /// The mirrored slices (by uid) we last labelled the Endpoints for, so
     /// that waiting for the mirroring controller sends no repeated patch.
-    mirroring_stopped: Mutex<HashMap<ObjectKey, Vec<Option<String>>>>,
+    pub(super) mirroring_stopped: Mutex<HashMap<ObjectKey, Vec<Option<String>>>>,
     /// Last `SecondaryEndpointsUpdated` note per Service: a new Event only
     /// when what it says changes, so `kubectl describe` reads the current one.
     last_updated: LastNotes,
-    retries: crate::runtime::retry::Retries,
+    pub(super) retries: crate::runtime::retry::Retries,
 }
 
 impl Context {
@@ -80,7 +72,7 @@ impl Context {
         }
     }
 
-    fn forget(&self, key: &ObjectKey) {
+    pub(super) fn forget(&self, key: &ObjectKey) {
         self.last_warning.lock().unwrap().remove(key);
         self.last_foreign.lock().unwrap().remove(key);
         self.mirroring_stopped.lock().unwrap().remove(key);
@@ -88,81 +80,8 @@ impl Context {
     }
 }
 
-fn service_reference(svc: &Service) -> ObjectReference {
+pub(super) fn service_reference(svc: &Service) -> ObjectReference {
     svc.object_ref(&())
-}
-
-/// Whether `slice` is one of ours for the Service `svc`.
-pub fn is_ours_for(slice: &EndpointSlice, svc: &ObjectKey) -> bool {
-    slice.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
-        && slice.labels().get(names::LABEL_SERVICE_NAME) == Some(&svc.name)
-        && slice
-            .labels()
-            .get(names::LABEL_MANAGED_BY)
-            .map(String::as_str)
-            == Some(names::MANAGED_BY)
-}
-
-/// Our slices for this Service, as the cache holds them.
-pub fn cached_slices(cache: &SliceCache<EndpointSlice>, svc: &ObjectKey) -> Vec<EndpointSlice> {
-    cache
-        .of(svc)
-        .iter()
-        .filter(|s| is_ours_for(s, svc))
-        .map(|s| (**s).clone())
-        .collect()
-}
-
-/// The cleanup of the other slices under an opted-in Service's name; none
-/// for any other Service (we never touch slices of a Service that does not
-/// opt in).
-pub fn decide_cleanup<'a>(
-    svc: &Service,
-    intent: &Intent,
-    others: impl IntoIterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
-) -> Cleanup {
-    match intent {
-        Intent::OptedIn { .. } => plan_cleanup(&classify_service_slices(svc, others)),
-        Intent::NotOptedIn | Intent::Rejected { .. } => Cleanup::default(),
-    }
-}
-
-/// Everything one Service reconcile decides, from plain inputs: the Warning
-/// to emit (if any), the plan, and the endpoint count published.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceDecision {
-    pub intent: Intent,
-    pub plan: SlicePlan,
-    pub endpoints: usize,
-}
-
-/// The pure heart of a reconcile, shared with `plan`.
-pub fn decide_service(
-    svc: &Service,
-    pods: &crate::index::PodIndex,
-    current: &[EndpointSlice],
-    max_per_slice: usize,
-    now: &str,
-) -> ServiceDecision {
-    let intent = service_intent(svc);
-    let namespace = svc.metadata.namespace.as_deref().unwrap_or_default();
-    let desired = match &intent {
-        Intent::OptedIn { network, selector } => {
-            let selected = pods
-                .select(namespace, &selector.0)
-                .into_iter()
-                .map(|p| p.as_ref());
-            desired_endpoints(svc, network, selected)
-        }
-        Intent::NotOptedIn | Intent::Rejected { .. } => Vec::new(),
-    };
-    let endpoints = desired.iter().map(|g| g.endpoints.len()).sum();
-    let plan = plan_slices(&SliceOwner::of(svc), &desired, current, max_per_slice, now);
-    ServiceDecision {
-        intent,
-        plan,
-        endpoints,
-    }
 }
 
 #[instrument(name = "reconcile secondary-endpoints", skip_all, fields(
@@ -363,111 +282,6 @@ async fn apply_plan(ctx: &Context, key: &ObjectKey, plan: &SlicePlan) -> Result<
     Ok(())
 }
 
-/// Deletes Kubernetes' orphaned slices (uid precondition: a slice of the
-/// same name made since is not ours to judge) and stops the mirroring of the
-/// legacy Endpoints object; a Normal Event reports each.
-async fn apply_cleanup(
-    ctx: &Context,
-    svc: &Service,
-    key: &ObjectKey,
-    network: &str,
-    cleanup: &Cleanup,
-) -> Result<()> {
-    let slices: Api<EndpointSlice> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
-    let mut deleted: Vec<SliceRef> = Vec::new();
-    for slice in &cleanup.delete {
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: slice.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match slices
-            .delete(&slice.name, &dp)
-            .instrument(tracing::debug_span!("delete endpointslice", slice = %slice.name))
-            .await
-        {
-            Ok(_) => {
-                ctx.shared.metrics.slice_write("delete");
-                deleted.push(slice.clone());
-            }
-            // Gone already, or replaced by another object of that name.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => {
-                return Err(Error::kube(
-                    "deleting the stale Kubernetes EndpointSlice",
-                    format!("{}/{}", key.namespace, slice.name),
-                )(e));
-            }
-        }
-    }
-    if !deleted.is_empty() {
-        let note = leftovers::deleted_message(&deleted, network);
-        info!(deleted = deleted.len(), "{note}");
-        ctx.shared.publish(
-            Event {
-                type_: EventType::Normal,
-                reason: names::reasons::STALE_ENDPOINT_SLICES_DELETED.into(),
-                note: Some(note.chars().take(1000).collect()),
-                action: "DeleteEndpointSlices".into(),
-                secondary: None,
-            },
-            &service_reference(svc),
-        );
-    }
-
-    let mirrored: Vec<Option<String>> = cleanup
-        .stop_mirroring
-        .iter()
-        .map(|s| s.uid.clone())
-        .collect();
-    if mirrored.is_empty() {
-        ctx.mirroring_stopped.lock().unwrap().remove(key);
-        return Ok(());
-    }
-    if ctx.mirroring_stopped.lock().unwrap().get(key) == Some(&mirrored) {
-        debug!("waiting for the mirroring controller to delete its slices");
-        return Ok(());
-    }
-    let endpoints: Api<Endpoints> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
-    let patch = serde_json::json!({"metadata": {"labels": {names::LABEL_SKIP_MIRROR: "true"}}});
-    let pp = PatchParams {
-        field_manager: Some(names::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match endpoints
-        .patch(&key.name, &pp, &Patch::Merge(&patch))
-        .instrument(tracing::debug_span!("label endpoints skip-mirror"))
-        .await
-    {
-        Ok(_) => {
-            let note = leftovers::mirroring_stopped_message(&key.name, &cleanup.stop_mirroring);
-            info!("{note}");
-            ctx.shared.publish(
-                Event {
-                    type_: EventType::Normal,
-                    reason: names::reasons::ENDPOINTS_MIRRORING_STOPPED.into(),
-                    note: Some(note.chars().take(1000).collect()),
-                    action: "LabelEndpoints".into(),
-                    secondary: None,
-                },
-                &service_reference(svc),
-            );
-        }
-        // No Endpoints left: the mirroring controller deletes its slices itself.
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => {
-            return Err(Error::kube("labelling the Endpoints of", key)(e));
-        }
-    }
-    ctx.mirroring_stopped
-        .lock()
-        .unwrap()
-        .insert(key.clone(), mirrored);
-    Ok(())
-}
-
 pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.retries.failed(
         names::ENDPOINTS_CONTROLLER,
@@ -477,159 +291,28 @@ pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Acti
     )
 }
 
-/// The selector label for the slices we own.
-pub fn managed_slices_selector() -> String {
-    format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY)
-}
-
-/// The slices under any Service name that are not ours (no managed-by label
-/// included): kube-proxy reads them for the Service all the same.
-pub fn other_slices_selector() -> String {
-    format!(
-        "{},{}!={}",
-        names::LABEL_SERVICE_NAME,
-        names::LABEL_MANAGED_BY,
-        names::MANAGED_BY
-    )
-}
-
-/// The Service a slice is labelled with, when that Service opts in: a change
-/// of any other slice is none of our business.
-fn is_opted_in(services: &Store<Service>, svc: &ObjectKey) -> bool {
-    let svc_ref = ObjectRef::<Service>::new(&svc.name).within(&svc.namespace);
-    services
-        .get(&svc_ref)
-        .is_some_and(|svc| matches!(service_intent(&svc), Intent::OptedIn { .. }))
-}
-
-/// Drives one slice watch into its cache, and asks for a reconcile of the
-/// Service of each slice it changes (when `concerns` that Service).
-async fn feed_cache<K>(
-    watch: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    cache: Arc<SliceCache<K>>,
-    triggers: futures::channel::mpsc::UnboundedSender<ObjectKey>,
-    concerns: impl Fn(&ObjectKey) -> bool,
-) where
-    K: kube::Resource + Clone,
-{
-    let mut watch = std::pin::pin!(watch);
-    while let Some(event) = watch.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                debug!(error = %e, "EndpointSlice watch; retrying with backoff");
-                continue;
-            }
-        };
-        cache.apply(&event);
-        let touched = match &event {
-            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-                Some(s)
-            }
-            _ => None,
-        };
-        if let Some(svc) = touched.and_then(service_of).filter(|svc| concerns(svc)) {
-            let _ = triggers.unbounded_send(svc);
-        }
-    }
-}
-
-/// Deletes the slices a deleted Service leaves behind. The garbage collector
-/// would too, through the owner reference; doing it here makes it prompt and
-/// independent of the collector. Only slices owned by that very Service (by
-/// uid) are deleted, so a new Service of the same name keeps its own.
-async fn delete_orphans(ctx: &Context, deleted: &Service) {
-    let key = ObjectKey::of(deleted);
-    let uid = deleted.metadata.uid.as_deref();
-    let api: Api<EndpointSlice> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
-    for slice in cached_slices(&ctx.slices, &key) {
-        if slice
-            .owner_references()
-            .iter()
-            .all(|o| Some(o.uid.as_str()) != uid)
-        {
-            continue;
-        }
-        let name = slice.name_any();
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: slice.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&name, &dp).await {
-            Ok(_) => ctx.shared.metrics.slice_write("delete"),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => {
-                warn!(service = %key, slice = %name, error = %e, "could not delete the slice of a deleted Service; the garbage collector will")
-            }
-        }
-    }
-    ctx.tracker.lock().unwrap().forget(&key);
-    ctx.forget(&key);
-    ctx.retries.succeeded(&key);
-}
-
 /// Runs the EndpointSlice controller until `shutdown` resolves.
 /// `triggers` carries Services whose selected pods changed; `resync_all`
-/// fires after a pod re-list; `deleted` carries deleted Services.
-#[allow(clippy::too_many_arguments)]
+/// fires after a pod re-list.
 pub async fn run(
     shared: Shared,
-    services: Store<Service>,
-    service_events: impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
-    deleted: impl Stream<Item = Service> + Send + 'static,
+    services: ServiceWatch,
     triggers: impl Stream<Item = ObjectKey> + Send + 'static,
     resync_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // Both slice watches feed their caches from their own futures, joined
-    // below, never from inside the controller: a reconcile waits for the
-    // caches to sync, and the controller stops polling its own streams
-    // while its reconciles are busy.
-    let (slice_triggers, triggered) = futures::channel::mpsc::unbounded();
-    let slices = OurSlices::default();
-    let our_watch = watcher(
-        Api::<EndpointSlice>::all(shared.client.clone()),
-        watcher::Config::default()
-            .labels(&managed_slices_selector())
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(|s| {
-        s.managed_fields_mut().clear();
-    });
-    let ours = feed_cache(our_watch, slices.clone(), slice_triggers.clone(), |_| true);
-    // Everyone else's slices, metadata only: enough to classify and delete
-    // them, at a fraction of the bytes of whole slices. Only those under an
-    // opted-in Service's name concern us.
-    let others = OtherSlices::default();
-    let other_watch = watcher(
-        Api::<PartialObjectMeta<EndpointSlice>>::all(shared.client.clone()),
-        watcher::Config::default()
-            .labels(&other_slices_selector())
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(|s| {
-        s.managed_fields_mut().clear();
-        s.annotations_mut().clear();
-    });
-    let services_of_others = services.clone();
-    let theirs = feed_cache(other_watch, others.clone(), slice_triggers, move |svc| {
-        is_opted_in(&services_of_others, svc)
-    });
-    let ctx = Arc::new(Context::new(shared, slices, others));
+    let watches = slice_watches(shared.client.clone(), services.store.clone());
+    let ctx = Arc::new(Context::new(shared, watches.ours, watches.others));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
-    let slice_refs =
-        triggered.map(|key: ObjectKey| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
+    let slice_refs = watches
+        .triggered
+        .map(|key: ObjectKey| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
     let orphans_ctx = ctx.clone();
-    let orphans = deleted.for_each(move |svc| {
+    let orphans = services.deleted.for_each(move |svc| {
         let ctx = orphans_ctx.clone();
         async move { delete_orphans(&ctx, &svc).await }
     });
-    let controller = Controller::for_stream(service_events, services)
+    let controller = Controller::for_stream(services.events, services.store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(refs)
         .reconcile_on(slice_refs)
@@ -645,56 +328,21 @@ pub async fn run(
     tokio::select! {
         _ = controller => {}
         _ = orphans => {}
-        _ = ours => {}
-        _ = theirs => {}
+        _ = watches.feeding => {}
     }
-}
-
-/// The Service watch: a reflector whose store the pod feed reads to find the
-/// Services a pod change concerns, and the Services it saw deleted.
-#[allow(clippy::type_complexity)]
-/// The selectors of the opted-in Services, kept from the Service watch.
-pub type SharedSelectors = Arc<std::sync::RwLock<ServiceSelectors>>;
-
-pub fn service_watch(
-    client: kube::Client,
-) -> (
-    Store<Service>,
-    SharedSelectors,
-    impl Stream<Item = Result<Service, watcher::Error>> + Send + 'static,
-    impl Stream<Item = Service> + Send + 'static,
-) {
-    let api: Api<Service> = Api::all(client);
-    let (reader, writer) = reflector::store();
-    let selectors = SharedSelectors::default();
-    let index = selectors.clone();
-    let (deleted_tx, deleted_rx) = futures::channel::mpsc::unbounded();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|s| {
-            s.managed_fields_mut().clear();
-        })
-        .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                index
-                    .write()
-                    .expect("service selector index lock")
-                    .apply_watcher_event(event);
-                if let watcher::Event::Delete(svc) = event {
-                    let _ = deleted_tx.unbounded_send(svc.clone());
-                }
-            }
-        })
-        .applied_objects();
-    (reader, selectors, stream, deleted_rx)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::by_service::SliceCache;
+    use super::super::selecting::ServiceSelectors;
+    use super::super::watch::*;
     use super::*;
     use crate::fixtures::{self, ApiServerVerifier, pod_json, pod_view};
     use http::Method;
+    use kube::ResourceExt;
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::watcher;
     use serde_json::{Value, json};
 
     const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";

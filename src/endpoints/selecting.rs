@@ -6,17 +6,22 @@
 
 use super::intent::{Intent, Selector, service_intent};
 use crate::model::{Labels, ObjectKey};
+use crate::relist::{Change, Relist, by_ref};
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::watcher;
 use std::collections::HashMap;
 
 type ByName = HashMap<String, Selector>;
 
+/// The selectors of the opted-in Services, kept from the Service watch and
+/// read by the pod feed.
+pub type SharedSelectors = std::sync::Arc<std::sync::RwLock<ServiceSelectors>>;
+
 #[derive(Debug, Default)]
 pub struct ServiceSelectors {
     by_namespace: HashMap<String, ByName>,
-    /// The state of a re-list in progress, swapped in at InitDone.
-    relist: Option<HashMap<String, ByName>>,
+    /// Opted-in Services of a re-list in progress, with their selectors.
+    relist: Relist<(ObjectKey, Option<Selector>)>,
 }
 
 fn entry(svc: &Service) -> (ObjectKey, Option<Selector>) {
@@ -27,8 +32,7 @@ fn entry(svc: &Service) -> (ObjectKey, Option<Selector>) {
     }
 }
 
-fn put(map: &mut HashMap<String, ByName>, svc: &Service) {
-    let (key, selector) = entry(svc);
+fn put(map: &mut HashMap<String, ByName>, (key, selector): (ObjectKey, Option<Selector>)) {
     match selector {
         Some(sel) => {
             map.entry(key.namespace).or_default().insert(key.name, sel);
@@ -48,14 +52,16 @@ fn remove(map: &mut HashMap<String, ByName>, key: &ObjectKey) {
 
 impl ServiceSelectors {
     pub fn apply_watcher_event(&mut self, event: &watcher::Event<Service>) {
-        match event {
-            watcher::Event::Init => self.relist = Some(HashMap::new()),
-            watcher::Event::InitApply(svc) => {
-                put(self.relist.get_or_insert_with(HashMap::new), svc)
+        match self.relist.feed(by_ref(event), entry) {
+            Change::Buffered => {}
+            Change::Relisted(listed) => {
+                self.by_namespace.clear();
+                for (key, selector) in listed {
+                    put(&mut self.by_namespace, (key, selector));
+                }
             }
-            watcher::Event::InitDone => self.by_namespace = self.relist.take().unwrap_or_default(),
-            watcher::Event::Apply(svc) => put(&mut self.by_namespace, svc),
-            watcher::Event::Delete(svc) => remove(&mut self.by_namespace, &ObjectKey::of(svc)),
+            Change::Apply(svc) => put(&mut self.by_namespace, entry(svc)),
+            Change::Delete(svc) => remove(&mut self.by_namespace, &ObjectKey::of(svc)),
         }
     }
 

@@ -11,8 +11,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::{BTreeMap, VecDeque};
 
-/// Kubernetes' own default and ceiling for endpoints per slice.
-pub const DEFAULT_MAX_ENDPOINTS_PER_SLICE: usize = 100;
+/// Kubernetes' ceiling for endpoints per slice.
 pub const MAX_ENDPOINTS_PER_SLICE_LIMIT: usize = 1000;
 
 /// What a slice needs to know about the Service that owns it.

@@ -321,6 +321,16 @@ impl PodView {
             .expect("a k8s-openapi Pod always fits PodLite");
         Self::new(lite, multus_namespace)
     }
+
+    /// The NADs this pod holds: none once it is terminal (Succeeded/Failed),
+    /// since it will never attach a network again. Sorted.
+    pub fn nads_in_use(&self) -> &[ObjectKey] {
+        if self.terminal { &[] } else { &self.nads }
+    }
+
+    pub fn uses(&self, nad: &ObjectKey) -> bool {
+        self.nads_in_use().binary_search(nad).is_ok()
+    }
 }
 
 fn hash_str(s: &str) -> u64 {

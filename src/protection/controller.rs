@@ -3,25 +3,25 @@
 //! users changes. It gathers inputs, asks `decide`, and applies the answer.
 
 use super::decide::{self, Decision, NadState};
-use super::live::SharedList;
+use super::gauges::NadGauges;
+use super::live::{LiveResult, SharedList, live_users};
 use super::tracker::NadWrites;
-use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodLite, PodView};
+use crate::model::{NetworkAttachmentDefinition, ObjectKey};
 use crate::runtime::events::{LastNotes, note_changed};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
-use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{Instrument, debug, info, instrument};
+use tracing::{debug, info, instrument};
 
 pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
 pub type NamespaceMeta = PartialObjectMeta<Namespace>;
@@ -32,10 +32,6 @@ pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 /// the same LIST instead of queueing for slots, one batch of 16 (and one
 /// LIST) after another.
 pub const API_CONCURRENCY: usize = 16;
-
-/// How long the first NAD to confirm its release waits for others before
-/// the shared live LIST starts (see `live::SharedList`).
-pub const LIVE_LIST_GATHER: Duration = Duration::from_millis(500);
 
 /// How often a blocked deletion is re-checked even without a pod event.
 pub const BLOCKED_RECHECK: Duration = Duration::from_secs(300);
@@ -57,7 +53,7 @@ pub struct Context {
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
     writes: Mutex<NadWrites>,
     /// The live LIST that NADs confirming their release share.
-    live: SharedList<Result<LiveUsage, Arc<kube::Error>>>,
+    live: SharedList<LiveResult>,
     /// Slots for reconciles that call the API server (`API_CONCURRENCY`).
     api_slots: tokio::sync::Semaphore,
     retries: crate::runtime::retry::Retries,
@@ -168,7 +164,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         }
         Decision::ConfirmRelease | Decision::ConfirmEarlyRelease => {
             // Waits for the shared LIST without a slot.
-            let live = live_users(&ctx, &state.key).await?;
+            let live = live_users(&ctx.live, &ctx.shared, &state.key).await?;
             let _slot = slot().await;
             // A pod the watch delivered while the LIST was paging is in the
             // index by now: look once more, right before the patch.
@@ -222,67 +218,6 @@ pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Acti
         error,
         &ctx.shared.metrics,
     )
-}
-
-/// The protected/blocked gauges, kept from the NAD watch's events: O(1) per
-/// event (a full count only when a re-list completes), never a scan of every
-/// NAD per reconcile.
-#[derive(Default)]
-struct NadGauges {
-    /// Per NAD: (holds our finalizer, and is also being deleted).
-    state: HashMap<ObjectKey, (bool, bool)>,
-    /// The state of a re-list in progress, swapped in at InitDone.
-    relist: Option<HashMap<ObjectKey, (bool, bool)>>,
-    protected: i64,
-    blocked: i64,
-}
-
-impl NadGauges {
-    fn of(nad: &NadMeta) -> (ObjectKey, (bool, bool)) {
-        let s = NadState::from_meta(&nad.metadata);
-        let protected = s.protected();
-        (s.key, (protected, protected && s.deleting))
-    }
-
-    fn count(&mut self, (protected, blocked): (bool, bool), sign: i64) {
-        self.protected += sign * protected as i64;
-        self.blocked += sign * blocked as i64;
-    }
-
-    /// Applies one watch event; the new (protected, blocked) counts.
-    fn apply(&mut self, event: &watcher::Event<NadMeta>) -> Option<(i64, i64)> {
-        match event {
-            watcher::Event::Init => {
-                self.relist = Some(HashMap::new());
-                return None;
-            }
-            watcher::Event::InitApply(nad) => {
-                let (k, v) = Self::of(nad);
-                self.relist.get_or_insert_with(HashMap::new).insert(k, v);
-                return None;
-            }
-            watcher::Event::InitDone => {
-                self.state = self.relist.take().unwrap_or_default();
-                (self.protected, self.blocked) = (0, 0);
-                for v in self.state.values().copied().collect::<Vec<_>>() {
-                    self.count(v, 1);
-                }
-            }
-            watcher::Event::Apply(nad) => {
-                let (k, v) = Self::of(nad);
-                if let Some(old) = self.state.insert(k, v) {
-                    self.count(old, -1);
-                }
-                self.count(v, 1);
-            }
-            watcher::Event::Delete(nad) => {
-                if let Some(old) = self.state.remove(&ObjectKey::of(nad)) {
-                    self.count(old, -1);
-                }
-            }
-        }
-        Some((self.protected, self.blocked))
-    }
 }
 
 fn retry_policy() -> ExponentialBuilder {
@@ -482,57 +417,6 @@ async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     }
 }
 
-/// Every NAD in use according to the API server itself, with its users
-/// (sorted): one paginated LIST of every pod (a consistent read, not a
-/// cache), since pods in any namespace may reference a NAD.
-pub type LiveUsage = HashMap<ObjectKey, Vec<ObjectKey>>;
-
-async fn list_live_usage(shared: &Shared) -> Result<LiveUsage, Arc<kube::Error>> {
-    let api: Api<PodLite> = Api::all(shared.client.clone());
-    let mut params = ListParams::default().limit(shared.settings.list_page_size);
-    let mut usage = LiveUsage::new();
-    loop {
-        let page = api
-            .list(&params)
-            .instrument(tracing::debug_span!("list pods"))
-            .await
-            .map_err(Arc::new)?;
-        for pod in page.items {
-            let view = PodView::new(pod, &shared.settings.multus_namespace);
-            for nad in decide::nads_in_use(&view) {
-                usage.entry(nad.clone()).or_default().push(view.key.clone());
-            }
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
-    }
-    for users in usage.values_mut() {
-        users.sort();
-    }
-    Ok(usage)
-}
-
-/// The pods that use `nad` according to a live LIST that started after this
-/// call. This is what closes pvc-protection's race. Every NAD confirming at
-/// the same time shares that LIST (`live::SharedList`).
-pub async fn live_users(ctx: &Context, nad: &ObjectKey) -> Result<Vec<ObjectKey>> {
-    debug!(%nad, "asking for a live LIST of every pod");
-    let usage = ctx
-        .live
-        .fresh(|| async {
-            debug!("live LIST of every pod starting");
-            ctx.shared.metrics.live_list();
-            list_live_usage(&ctx.shared).await
-        })
-        .await;
-    match usage.as_ref() {
-        Ok(usage) => Ok(usage.get(nad).cloned().unwrap_or_default()),
-        Err(e) => Err(Error::LiveList(e.clone())),
-    }
-}
-
 /// Runs the protection controller until `shutdown` resolves. `triggers`
 /// carries the NADs whose users changed, from the pod feed.
 pub async fn run(
@@ -627,6 +511,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::fixtures::{self, ApiServerVerifier, pod_json, pod_view};
+    use crate::runtime::config::DEFAULT_LIVE_LIST_GATHER as LIVE_LIST_GATHER;
     use http::Method;
     use serde_json::{Value, json};
 
@@ -686,33 +571,6 @@ mod tests {
 
     fn pod_list(items: &[Value]) -> Value {
         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": items})
-    }
-
-    #[test]
-    fn gauges_follow_the_nad_watch() {
-        let mut g = NadGauges::default();
-        let held = nad_meta(&nad(false, &[names::FINALIZER]));
-        let mut other = nad(true, &[names::FINALIZER]);
-        other["metadata"]["name"] = json!("other");
-        let blocked = nad_meta(&other);
-        g.apply(&watcher::Event::Init);
-        g.apply(&watcher::Event::InitApply((*held).clone()));
-        assert_eq!(g.apply(&watcher::Event::InitDone), Some((1, 0)));
-        assert_eq!(
-            g.apply(&watcher::Event::Apply((*blocked).clone())),
-            Some((2, 1))
-        );
-        assert_eq!(
-            g.apply(&watcher::Event::Apply((*blocked).clone())),
-            Some((2, 1))
-        );
-        assert_eq!(
-            g.apply(&watcher::Event::Delete((*blocked).clone())),
-            Some((1, 0))
-        );
-        // a re-list that no longer holds `held`
-        g.apply(&watcher::Event::Init);
-        assert_eq!(g.apply(&watcher::Event::InitDone), Some((0, 0)));
     }
 
     #[tokio::test]

@@ -1,20 +1,11 @@
-//! Which NADs a pod uses, and what to do with a NAD (its finalizer and its
-//! in-use marker): pure functions only.
+//! What to do with a NAD (its finalizer and its in-use marker), from its
+//! state and its users: pure functions only. Which NADs a pod uses is the
+//! pod's own fact (`PodView::nads_in_use`).
 
-use crate::{model::ObjectKey, model::PodView, names};
+use crate::{model::ObjectKey, names};
 use json_patch::Patch;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
-
-/// The NADs a pod holds: none once the pod is terminal (Succeeded/Failed),
-/// since it will never attach a network again.
-pub fn nads_in_use(pod: &PodView) -> &[ObjectKey] {
-    if pod.terminal { &[] } else { &pod.nads }
-}
-
-pub fn pod_uses(pod: &PodView, nad: &ObjectKey) -> bool {
-    nads_in_use(pod).binary_search(nad).is_ok()
-}
 
 /// What the protection controller needs to know about a NAD.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,7 +246,7 @@ pub fn remove_finalizer_patch(uid: Option<&str>, finalizers: &[String]) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PodLite;
+    use crate::model::{PodLite, PodView};
 
     fn nad(deleting: bool, finalizers: &[&str]) -> NadState {
         NadState {
@@ -460,16 +451,16 @@ mod tests {
     #[test]
     fn the_seed_pod_uses_foo_network_once() {
         let p = pod("foo-network, foo-network", "Pending");
-        assert_eq!(nads_in_use(&p), &[ObjectKey::new("default", "foo-network")]);
-        assert!(pod_uses(&p, &ObjectKey::new("default", "foo-network")));
-        assert!(!pod_uses(&p, &ObjectKey::new("other", "foo-network")));
+        assert_eq!(p.nads_in_use(), &[ObjectKey::new("default", "foo-network")]);
+        assert!(p.uses(&ObjectKey::new("default", "foo-network")));
+        assert!(!p.uses(&ObjectKey::new("other", "foo-network")));
     }
 
     #[test]
     fn a_terminal_pod_uses_nothing() {
-        assert!(nads_in_use(&pod("foo-network", "Succeeded")).is_empty());
-        assert!(nads_in_use(&pod("foo-network", "Failed")).is_empty());
-        assert!(!nads_in_use(&pod("foo-network", "Running")).is_empty());
+        assert!(pod("foo-network", "Succeeded").nads_in_use().is_empty());
+        assert!(pod("foo-network", "Failed").nads_in_use().is_empty());
+        assert!(!pod("foo-network", "Running").nads_in_use().is_empty());
     }
 
     #[test]

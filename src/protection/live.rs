@@ -12,10 +12,19 @@
 //! controller deletes a namespace's pods one by one, so its NADs fall
 //! unused over a second or so, and a fixed moment from the first ask would
 //! leave the later ones to a second and third LIST.
+//!
+//! `live_users` is what the protection controller asks: the users of one NAD
+//! by a LIST of every pod, shared this way.
 
+use crate::model::{ObjectKey, PodLite, PodView};
+use crate::runtime::Shared;
+use crate::{Error, Result};
+use kube::api::{Api, ListParams};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+use tracing::{Instrument, debug};
 
 #[derive(Debug)]
 struct State<T> {
@@ -66,13 +75,16 @@ impl<T> SharedList<T> {
 
 /// Clears `running` if the leading caller is cancelled mid-LIST, so that the
 /// waiters elect a new leader instead of waiting forever.
-struct Lead<'a, T>(&'a SharedList<T>, bool);
+struct Lead<'a, T> {
+    list: &'a SharedList<T>,
+    finished: bool,
+}
 
 impl<T> Drop for Lead<'_, T> {
     fn drop(&mut self) {
-        if !self.1 {
-            self.0.state.lock().unwrap().running = false;
-            self.0.finished.send_modify(|_| {});
+        if !self.finished {
+            self.list.state.lock().unwrap().running = false;
+            self.list.finished.send_modify(|_| {});
         }
     }
 }
@@ -108,7 +120,10 @@ impl<T> SharedList<T> {
                 }
             };
             if lead {
-                let mut guard = Lead(self, false);
+                let mut guard = Lead {
+                    list: self,
+                    finished: false,
+                };
                 if !self.gather.is_zero() {
                     let cap = tokio::time::Instant::now() + self.gather * GATHER_CAP;
                     loop {
@@ -129,7 +144,7 @@ impl<T> SharedList<T> {
                     s.last = Some(result.clone());
                     s.completed
                 };
-                guard.1 = true;
+                guard.finished = true;
                 self.finished.send_replace(seq);
                 return result;
             }
@@ -141,6 +156,63 @@ impl<T> SharedList<T> {
     /// LISTs started so far (for tests and metrics).
     pub fn lists_started(&self) -> u64 {
         self.state.lock().unwrap().started
+    }
+}
+
+/// A live LIST's outcome, as every NAD sharing it receives it.
+pub type LiveResult = Result<LiveUsage, Arc<kube::Error>>;
+
+/// Every NAD in use according to the API server itself, with its users
+/// (sorted): one paginated LIST of every pod (a consistent read, not a
+/// cache), since pods in any namespace may reference a NAD.
+pub type LiveUsage = HashMap<ObjectKey, Vec<ObjectKey>>;
+
+async fn list_live_usage(shared: &Shared) -> Result<LiveUsage, Arc<kube::Error>> {
+    let api: Api<PodLite> = Api::all(shared.client.clone());
+    let mut params = ListParams::default().limit(shared.settings.list_page_size);
+    let mut usage = LiveUsage::new();
+    loop {
+        let page = api
+            .list(&params)
+            .instrument(tracing::debug_span!("list pods"))
+            .await
+            .map_err(Arc::new)?;
+        for pod in page.items {
+            let view = PodView::new(pod, &shared.settings.multus_namespace);
+            for nad in view.nads_in_use() {
+                usage.entry(nad.clone()).or_default().push(view.key.clone());
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    for users in usage.values_mut() {
+        users.sort();
+    }
+    Ok(usage)
+}
+
+/// The pods that use `nad` according to a live LIST that started after this
+/// call. This is what closes pvc-protection's race. Every NAD confirming at
+/// the same time shares that LIST (`live::SharedList`).
+pub async fn live_users(
+    live: &SharedList<LiveResult>,
+    shared: &Shared,
+    nad: &ObjectKey,
+) -> Result<Vec<ObjectKey>> {
+    debug!(%nad, "asking for a live LIST of every pod");
+    let usage = live
+        .fresh(|| async {
+            debug!("live LIST of every pod starting");
+            shared.metrics.live_list();
+            list_live_usage(shared).await
+        })
+        .await;
+    match usage.as_ref() {
+        Ok(usage) => Ok(usage.get(nad).cloned().unwrap_or_default()),
+        Err(e) => Err(Error::LiveList(e.clone())),
     }
 }
 

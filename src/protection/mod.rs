@@ -2,9 +2,12 @@
 //!
 //! `decide` holds every decision as a pure function and `tracker` the
 //! stale-cache guard for NAD writes; `controller` is the shell that reads the
-//! caches, asks `decide`, and writes the answer.
+//! caches, asks `decide`, and writes the answer; `live` is the live LIST of
+//! pods that every release confirms with, shared between NADs; `gauges`
+//! keeps the protected/blocked counts from the NAD watch.
 
 pub mod controller;
 pub mod decide;
+pub mod gauges;
 pub mod live;
 pub mod tracker;

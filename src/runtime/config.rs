@@ -76,12 +76,12 @@ pub struct RunArgs {
     #[arg(long, env = "MULTUS_NAMESPACE", default_value = crate::names::DEFAULT_MULTUS_NAMESPACE)]
     pub multus_namespace: String,
     /// Most endpoints per EndpointSlice (Kubernetes' own default is 100).
-    #[arg(long, env = "MAX_ENDPOINTS_PER_SLICE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "MAX_ENDPOINTS_PER_SLICE", default_value_t = DEFAULT_MAX_ENDPOINTS_PER_SLICE, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
     /// Page size of LIST requests (pods, NADs). Each page of full pods is
     /// held whole while it is read: 100 keeps that to a few MiB (500 added
     /// 13 MiB of peak RSS at 2,000 pods) for a round-trip more per 100 pods.
-    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = DEFAULT_LIST_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub list_page_size: u32,
 }
 
@@ -94,8 +94,8 @@ impl RunArgs {
         }
     }
 
-    pub fn settings(&self) -> super::Settings {
-        super::Settings {
+    pub fn settings(&self) -> Settings {
+        Settings {
             multus_namespace: self.multus_namespace.clone(),
             max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
             list_page_size: self.list_page_size,
@@ -123,8 +123,38 @@ pub struct PlanArgs {
     #[arg(long, default_value = crate::names::DEFAULT_MULTUS_NAMESPACE)]
     pub multus_namespace: String,
     /// Most endpoints per EndpointSlice.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, default_value_t = DEFAULT_MAX_ENDPOINTS_PER_SLICE, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
+}
+
+/// Settings the controllers read (a subset of the command line), and the
+/// defaults of each, which the flags share.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub multus_namespace: String,
+    pub max_endpoints_per_slice: usize,
+    pub list_page_size: u32,
+    /// How long the shared live LIST of pods waits for more NADs to join it.
+    pub live_list_gather: std::time::Duration,
+}
+
+/// Kubernetes' own default for endpoints per slice.
+pub const DEFAULT_MAX_ENDPOINTS_PER_SLICE: u16 = 100;
+/// Objects per page of every paginated LIST.
+pub const DEFAULT_LIST_PAGE_SIZE: u32 = 100;
+/// How long the first NAD to confirm its release waits for others before
+/// the shared live LIST starts (see `protection::live::SharedList`).
+pub const DEFAULT_LIVE_LIST_GATHER: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            multus_namespace: crate::names::DEFAULT_MULTUS_NAMESPACE.into(),
+            max_endpoints_per_slice: DEFAULT_MAX_ENDPOINTS_PER_SLICE.into(),
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
+            live_list_gather: DEFAULT_LIVE_LIST_GATHER,
+        }
+    }
 }
 
 #[cfg(test)]

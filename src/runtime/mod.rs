@@ -16,26 +16,7 @@ use kube::runtime::events::{Event, Reporter};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
-/// Settings the controllers read (a subset of the command line).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub multus_namespace: String,
-    pub max_endpoints_per_slice: usize,
-    pub list_page_size: u32,
-    /// How long the shared live LIST of pods waits for more NADs to join it.
-    pub live_list_gather: std::time::Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            multus_namespace: names::DEFAULT_MULTUS_NAMESPACE.into(),
-            max_endpoints_per_slice: crate::endpoints::slices::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
-            list_page_size: 100,
-            live_list_gather: crate::protection::controller::LIVE_LIST_GATHER,
-        }
-    }
-}
+pub use config::Settings;
 
 /// What every reconcile of either controller shares.
 #[derive(Clone)]

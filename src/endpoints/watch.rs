@@ -1,0 +1,178 @@
+//! The watches behind the EndpointSlice controller: Services (a reflector
+//! plus the selectors the pod feed reads), our slices and everyone else's
+//! (metadata only), each fed into its cache from a future of its own.
+
+use super::by_service::{SliceCache, service_of};
+use super::intent::{Intent, service_intent};
+use super::selecting::SharedSelectors;
+use crate::model::ObjectKey;
+use crate::names;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::sync::Arc;
+use tracing::debug;
+
+/// The selector label for the slices we own.
+pub fn managed_slices_selector() -> String {
+    format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY)
+}
+
+/// The slices under any Service name that are not ours (no managed-by label
+/// included): kube-proxy reads them for the Service all the same.
+pub fn other_slices_selector() -> String {
+    format!(
+        "{},{}!={}",
+        names::LABEL_SERVICE_NAME,
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY
+    )
+}
+
+/// The Service a slice is labelled with, when that Service opts in: a change
+/// of any other slice is none of our business.
+pub(super) fn is_opted_in(services: &Store<Service>, svc: &ObjectKey) -> bool {
+    let svc_ref = ObjectRef::<Service>::new(&svc.name).within(&svc.namespace);
+    services
+        .get(&svc_ref)
+        .is_some_and(|svc| matches!(service_intent(&svc), Intent::OptedIn { .. }))
+}
+
+/// Drives one slice watch into its cache, and asks for a reconcile of the
+/// Service of each slice it changes (when `concerns` that Service).
+pub(super) async fn feed_cache<K>(
+    watch: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    cache: Arc<SliceCache<K>>,
+    triggers: futures::channel::mpsc::UnboundedSender<ObjectKey>,
+    concerns: impl Fn(&ObjectKey) -> bool,
+) where
+    K: kube::Resource + Clone,
+{
+    let mut watch = std::pin::pin!(watch);
+    while let Some(event) = watch.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                debug!(error = %e, "EndpointSlice watch; retrying with backoff");
+                continue;
+            }
+        };
+        cache.apply(&event);
+        let touched = match &event {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
+                Some(s)
+            }
+            _ => None,
+        };
+        if let Some(svc) = touched.and_then(service_of).filter(|svc| concerns(svc)) {
+            let _ = triggers.unbounded_send(svc);
+        }
+    }
+}
+
+/// The Service watch: a reflector whose store the pod feed reads to find the
+/// Services a pod change concerns (through `selectors`), the watch events
+/// that drive the controller, and the Services it saw deleted.
+pub struct ServiceWatch {
+    pub store: Store<Service>,
+    pub selectors: SharedSelectors,
+    pub events: BoxStream<'static, Result<Service, watcher::Error>>,
+    pub deleted: BoxStream<'static, Service>,
+}
+
+pub fn service_watch(client: kube::Client) -> ServiceWatch {
+    let api: Api<Service> = Api::all(client);
+    let (reader, writer) = reflector::store();
+    let selectors = SharedSelectors::default();
+    let index = selectors.clone();
+    let (deleted_tx, deleted_rx) = futures::channel::mpsc::unbounded();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|s| {
+            s.managed_fields_mut().clear();
+        })
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index
+                    .write()
+                    .expect("service selector index lock")
+                    .apply_watcher_event(event);
+                if let watcher::Event::Delete(svc) = event {
+                    let _ = deleted_tx.unbounded_send(svc.clone());
+                }
+            }
+        })
+        .applied_objects();
+    ServiceWatch {
+        store: reader,
+        selectors,
+        events: stream.boxed(),
+        deleted: deleted_rx.boxed(),
+    }
+}
+
+/// Our slices, by Service.
+pub type OurSlices = Arc<SliceCache<EndpointSlice>>;
+/// Metadata of the slices labelled with a Service name that are not ours.
+pub type OtherSlices = Arc<SliceCache<PartialObjectMeta<EndpointSlice>>>;
+
+/// Both slice caches, the Services whose slices changed, and the future that
+/// feeds them (run it beside the controller, never inside it: a reconcile
+/// waits for the caches to sync, and the controller stops polling its own
+/// streams while its reconciles are busy).
+pub struct SliceWatches {
+    pub ours: OurSlices,
+    pub others: OtherSlices,
+    pub triggered: futures::channel::mpsc::UnboundedReceiver<ObjectKey>,
+    pub feeding: BoxFuture<'static, ()>,
+}
+
+pub fn slice_watches(client: kube::Client, services: Store<Service>) -> SliceWatches {
+    let (slice_triggers, triggered) = futures::channel::mpsc::unbounded();
+    let ours = OurSlices::default();
+    let our_watch = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default()
+            .labels(&managed_slices_selector())
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(|s| {
+        s.managed_fields_mut().clear();
+    });
+    let feed_ours = feed_cache(our_watch, ours.clone(), slice_triggers.clone(), |_| true);
+    // Everyone else's slices, metadata only: enough to classify and delete
+    // them, at a fraction of the bytes of whole slices. Only those under an
+    // opted-in Service's name concern us.
+    let others = OtherSlices::default();
+    let other_watch = watcher(
+        Api::<PartialObjectMeta<EndpointSlice>>::all(client),
+        watcher::Config::default()
+            .labels(&other_slices_selector())
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(|s| {
+        s.managed_fields_mut().clear();
+        s.annotations_mut().clear();
+    });
+    let feed_others = feed_cache(other_watch, others.clone(), slice_triggers, move |svc| {
+        is_opted_in(&services, svc)
+    });
+    SliceWatches {
+        ours,
+        others,
+        triggered,
+        feeding: futures::future::join(feed_ours, feed_others)
+            .map(|_| ())
+            .boxed(),
+    }
+}
