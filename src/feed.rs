@@ -149,7 +149,7 @@ fn report_problem(
     let event = Event {
         type_: EventType::Warning,
         reason: names::reasons::INVALID_NETWORK_ANNOTATION.into(),
-        note: Some(problem.message().chars().take(1000).collect()),
+        note: Some(problem.message()),
         action: "ParseAnnotation".into(),
         secondary: None,
     };

@@ -2,10 +2,11 @@
 //! from disappearing, and publishes pods' secondary-network addresses as
 //! EndpointSlices of the Services that ask for them.
 //!
-//! Layout: `multus`, `model`, `index` and the `decide`/`intent`/`desired`/
-//! `slices` modules are pure; `protection::controller`,
-//! `endpoints::controller`, `release` and `runtime` do the IO; `plan` runs
-//! the pure code over YAML snapshots.
+//! Layers, each importing only from the ones below it (docs/design.md,
+//! Architecture): `main` → `plan`, the controllers (`protection`,
+//! `endpoints` shells, `feed`, `release`) → `runtime` → the pure core
+//! (`index`, the `decide`/`intent`/`desired`/`slices` modules, `multus`,
+//! `model`, `relist`) → `names`.
 
 pub mod endpoints;
 pub mod feed;
@@ -31,8 +32,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("the cache is older than our last write to {0}; retrying shortly")]
-    StaleCache(String),
     #[error("listing pods to confirm which NADs are in use: {0}")]
     LiveList(std::sync::Arc<kube::Error>),
 }
@@ -55,7 +54,6 @@ impl Error {
                 ..
             } => format!("api_{}", s.code),
             Error::Kube { .. } => "kube".into(),
-            Error::StaleCache(_) => "stale_cache".into(),
             Error::LiveList(e) => match e.as_ref() {
                 kube::Error::Api(s) => format!("api_{}", s.code),
                 _ => "kube".into(),

@@ -4,7 +4,8 @@
 //! their deletion, were it left installed).
 
 use crate::model::{NetworkAttachmentDefinition, ObjectKey};
-use crate::protection::decide::{NadState, remove_finalizer_patch, remove_marker_patch};
+use crate::protection::decide::{NadState, remove_marker_patch};
+use crate::protection::finalizer::{Removal, remove_finalizer};
 use crate::{Error, Result};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use std::io::Write;
@@ -29,33 +30,12 @@ pub async fn release_all(client: kube::Client, out: &mut impl Write) -> Result<V
             let key = ObjectKey::of(&nad);
             let ns_api: Api<NetworkAttachmentDefinition> =
                 Api::namespaced(client.clone(), &key.namespace);
-            let mut finalizers = nad.metadata.finalizers.clone().unwrap_or_default();
-            // A conflict means the list changed under us: re-read and retry.
-            let mut outcome = Released::NotHeld(key.clone());
-            for _ in 0..5 {
-                let Some(patch) = remove_finalizer_patch(nad.metadata.uid.as_deref(), &finalizers)
-                else {
-                    break;
-                };
-                match json_patch(&ns_api, &key.name, patch).await {
-                    Ok(_) => {
-                        outcome = Released::Removed(key.clone());
-                        break;
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => break,
-                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
-                        match ns_api
-                            .get_metadata_opt(&key.name)
-                            .await
-                            .map_err(Error::kube("reading", &key))?
-                        {
-                            Some(m) => finalizers = m.metadata.finalizers.unwrap_or_default(),
-                            None => break,
-                        }
-                    }
-                    Err(e) => return Err(Error::kube("removing the finalizer from", &key)(e)),
-                }
-            }
+            let finalizers = nad.metadata.finalizers.clone().unwrap_or_default();
+            let uid = nad.metadata.uid.as_deref();
+            let outcome = match remove_finalizer(&ns_api, &key, uid, &finalizers, || true).await? {
+                Removal::Removed(_) => Released::Removed(key.clone()),
+                Removal::NotHeld | Removal::Withheld => Released::NotHeld(key.clone()),
+            };
             // The label goes too; a 404 (released and gone) or 422 (already
             // off, or another NAD under that name) leaves nothing to do.
             if let Some(patch) = remove_marker_patch(&NadState::from_meta(&nad.metadata)) {

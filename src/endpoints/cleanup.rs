@@ -60,7 +60,7 @@ pub(super) async fn apply_cleanup(
             Event {
                 type_: EventType::Normal,
                 reason: names::reasons::STALE_ENDPOINT_SLICES_DELETED.into(),
-                note: Some(note.chars().take(1000).collect()),
+                note: Some(note),
                 action: "DeleteEndpointSlices".into(),
                 secondary: None,
             },
@@ -99,7 +99,7 @@ pub(super) async fn apply_cleanup(
                 Event {
                     type_: EventType::Normal,
                     reason: names::reasons::ENDPOINTS_MIRRORING_STOPPED.into(),
-                    note: Some(note.chars().take(1000).collect()),
+                    note: Some(note),
                     action: "LabelEndpoints".into(),
                     secondary: None,
                 },

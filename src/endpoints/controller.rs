@@ -205,7 +205,7 @@ async fn warn_once(
             Event {
                 type_: EventType::Warning,
                 reason: reason.into(),
-                note: Some(message.chars().take(1000).collect()),
+                note: Some(message.into()),
                 action: "PublishEndpointSlices".into(),
                 secondary: None,
             },

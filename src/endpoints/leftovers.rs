@@ -6,6 +6,7 @@
 //! Endpoints object it also leaves; both would mix primary-network addresses
 //! with ours. This module sorts the slices by manager and decides the cleanup.
 
+use crate::model::text::names_and_more;
 use crate::names;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -132,11 +133,8 @@ pub fn plan_cleanup(slices: &ServiceSlices) -> Cleanup {
 
 /// `a, b, c and 4 more`.
 fn name_list(slices: &[SliceRef], describe: impl Fn(&SliceRef) -> String) -> String {
-    let mut parts: Vec<String> = slices.iter().take(NAMES_IN_MESSAGE).map(describe).collect();
-    if slices.len() > NAMES_IN_MESSAGE {
-        parts.push(format!("{} more", slices.len() - NAMES_IN_MESSAGE));
-    }
-    parts.join(", ")
+    let described: Vec<String> = slices.iter().map(describe).collect();
+    names_and_more(&described, NAMES_IN_MESSAGE)
 }
 
 /// Note of the Normal Event after orphaned Kubernetes slices were deleted.
@@ -311,7 +309,7 @@ mod tests {
             .map(|i| SliceRef::of(&meta(&format!("s{i}"), "mig", None)))
             .collect();
         let m = deleted_message(&many, "default/br0");
-        assert!(m.contains("s0, s1, s2, s3, s4, 3 more"), "{m}");
+        assert!(m.contains("s0, s1, s2, s3, s4 and 3 more"), "{m}");
         assert!(!m.contains("s5"), "{m}");
         assert!(m.starts_with("Deleted 8 EndpointSlice(s)"), "{m}");
     }

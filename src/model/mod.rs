@@ -5,8 +5,9 @@ mod key;
 mod labels;
 pub mod nad;
 pub mod pod;
+pub mod text;
 
 pub use key::ObjectKey;
 pub use labels::Labels;
-pub use nad::NetworkAttachmentDefinition;
+pub use nad::{NadMeta, NamespaceMeta, NetworkAttachmentDefinition};
 pub use pod::{PodLite, PodView};

@@ -16,6 +16,13 @@ use std::borrow::Cow;
 
 /// `apiVersion` and `kind` are not fields: they are fixed, written on
 /// serialization and ignored on deserialization.
+/// A NAD's metadata alone, as the protection controller watches it: a NAD
+/// whose spec is malformed can never break that watch.
+pub type NadMeta = kube::core::PartialObjectMeta<NetworkAttachmentDefinition>;
+
+/// A Namespace's metadata alone.
+pub type NamespaceMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct NetworkAttachmentDefinition {
     pub metadata: ObjectMeta,

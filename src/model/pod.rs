@@ -164,19 +164,10 @@ impl AnnotationProblem {
     pub fn message(&self) -> String {
         let held = match self.held.len() {
             0 => String::new(),
-            n => {
-                let named: Vec<String> =
-                    self.held.iter().take(5).map(ToString::to_string).collect();
-                let more = if n > 5 {
-                    format!(" and {} more", n - 5)
-                } else {
-                    String::new()
-                };
-                format!(
-                    ". Until it is fixed, every network it could name stays protected: {}{more}",
-                    named.join(", ")
-                )
-            }
+            _ => format!(
+                ". Until it is fixed, every network it could name stays protected: {}",
+                super::text::names_and_more(&self.held, 5)
+            ),
         };
         format!("{} does not parse: {}{held}", self.annotation, self.error)
     }

@@ -3,6 +3,7 @@
 //! users changes. It gathers inputs, asks `decide`, and applies the answer.
 
 use super::decide::{self, Decision, NadState};
+use super::finalizer::{Removal, conflict_retries, remove_finalizer};
 use super::gauges::NadGauges;
 use super::live::{LiveResult, SharedList, live_users};
 use super::tracker::NadWrites;
@@ -10,10 +11,10 @@ use crate::model::{NetworkAttachmentDefinition, ObjectKey};
 use crate::runtime::events::{LastNotes, note_changed};
 use crate::runtime::{Shared, telemetry};
 use crate::{Error, Result, names};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -23,8 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{debug, info, instrument};
 
-pub type NadMeta = PartialObjectMeta<NetworkAttachmentDefinition>;
-pub type NamespaceMeta = PartialObjectMeta<Namespace>;
+pub use crate::model::{NadMeta, NamespaceMeta};
 
 /// NAD reconciles talking to the API server at once. A reconcile holds one
 /// of these slots while it writes or reports, never while it waits for the
@@ -220,14 +220,6 @@ pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Acti
     )
 }
 
-fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(4)
-        .with_jitter()
-}
-
 fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
     match (&cached.uid, &cached.resource_version) {
         (Some(uid), Some(rv)) => ctx
@@ -316,7 +308,10 @@ async fn sync_metadata(
                     _ => Ok(()),
                 }
             };
-            again.retry(retry_policy()).when(Error::is_conflict).await
+            again
+                .retry(conflict_retries())
+                .when(Error::is_conflict)
+                .await
         }
         other => other,
     }
@@ -327,46 +322,16 @@ async fn sync_metadata(
 async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> {
     let api: Api<NetworkAttachmentDefinition> =
         Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
-    let name = cached.key.name.as_str();
-    let uid = nad.metadata.uid.as_deref();
-    let remove = |finalizers: Vec<String>| {
-        let api = api.clone();
-        async move {
-            let Some(patch) = decide::remove_finalizer_patch(uid, &finalizers) else {
-                return Ok(None);
-            };
-            api.patch_metadata(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map(|written| Some(written.metadata.resource_version))
-                .map_err(Error::kube("removing the finalizer from", &cached.key))
-        }
-    };
-    let removed = match remove(cached.finalizers.clone()).await {
-        Err(e) if e.is_conflict() => {
-            let refetch = || async {
-                match api
-                    .get_metadata_opt(name)
-                    .await
-                    .map_err(Error::kube("reading", &cached.key))?
-                {
-                    Some(m) if m.metadata.uid == nad.metadata.uid => {
-                        remove(m.metadata.finalizers.unwrap_or_default()).await
-                    }
-                    _ => Ok(None),
-                }
-            };
-            refetch
-                .retry(retry_policy())
-                .when(Error::is_conflict)
-                .await?
-        }
-        Err(e) if matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) => {
-            None
-        }
-        other => other?,
-    };
+    let removed = remove_finalizer(
+        &api,
+        &cached.key,
+        nad.metadata.uid.as_deref(),
+        &cached.finalizers,
+        || true,
+    )
+    .await?;
     ctx.last_blocked.lock().unwrap().remove(&cached.key);
-    let Some(written) = removed else {
+    let Removal::Removed(written) = removed else {
         return Ok(());
     };
     ctx.shared.metrics.nad_patches.inc();

@@ -2,6 +2,7 @@
 //! state and its users: pure functions only. Which NADs a pod uses is the
 //! pod's own fact (`PodView::nads_in_use`).
 
+use crate::model::text::names_and_more;
 use crate::{model::ObjectKey, names};
 use json_patch::Patch;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -143,21 +144,10 @@ pub fn namespace_terminating(namespace_deleted: Option<&Time>, nad_created: Opti
 pub const USERS_NAMED_IN_EVENTS: usize = 5;
 
 pub fn blocked_message(users: &[ObjectKey]) -> String {
-    let named: Vec<String> = users
-        .iter()
-        .take(USERS_NAMED_IN_EVENTS)
-        .map(ToString::to_string)
-        .collect();
-    let more = users.len().saturating_sub(USERS_NAMED_IN_EVENTS);
-    let tail = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
     format!(
-        "Deletion is blocked while {} pod(s) use this network: {}{tail}. Delete those pods to let it go.",
+        "Deletion is blocked while {} pod(s) use this network: {}. Delete those pods to let it go.",
         users.len(),
-        named.join(", ")
+        names_and_more(users, USERS_NAMED_IN_EVENTS)
     )
 }
 

@@ -3,12 +3,10 @@
 //! of every NAD per reconcile.
 
 use super::decide::NadState;
-use crate::model::ObjectKey;
+use crate::model::{NadMeta, ObjectKey};
 use crate::relist::{Change, Relist, by_ref};
 use kube::runtime::watcher;
 use std::collections::HashMap;
-
-use super::controller::NadMeta;
 
 /// Per NAD: (holds our finalizer, and is also being deleted).
 type Counted = (bool, bool);

@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod decide;
+pub mod finalizer;
 pub mod gauges;
 pub mod live;
 pub mod tracker;

@@ -124,14 +124,32 @@ impl Outbox {
         Outbox { lanes, dropped }
     }
 
-    /// Queues an Event; never waits.
-    pub fn send(&self, event: Event, regarding: &ObjectReference, kind: Kind) {
+    /// Queues an Event; never waits. A note longer than the API server
+    /// takes is cut to fit.
+    pub fn send(&self, mut event: Event, regarding: &ObjectReference, kind: Kind) {
+        if let Some(note) = &mut event.note {
+            truncate_note(note);
+        }
         let lane = &self.lanes[lane_of(regarding)];
         if let Err(e) = lane.try_send((event, regarding.clone(), kind)) {
             self.dropped.inc();
             let (event, regarding, _) = e.into_inner();
             tracing::warn!(reason = %event.reason, object = ?regarding.name, "event queue full; the Event is dropped");
         }
+    }
+}
+
+/// The longest note an Event may carry (events.k8s.io/v1 `note`, in bytes).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// Cuts `note` to at most `MAX_NOTE_BYTES`, at a character boundary.
+pub fn truncate_note(note: &mut String) {
+    if note.len() > MAX_NOTE_BYTES {
+        let mut end = MAX_NOTE_BYTES;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
     }
 }
 
@@ -158,6 +176,22 @@ fn lane_of(regarding: &ObjectReference) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_note_is_cut_to_what_the_api_server_takes_at_a_character_boundary() {
+        let mut ascii = "x".repeat(2000);
+        truncate_note(&mut ascii);
+        assert_eq!(ascii.len(), MAX_NOTE_BYTES);
+        let mut wide = "é".repeat(600); // 2 bytes each
+        truncate_note(&mut wide);
+        assert_eq!(wide.len(), MAX_NOTE_BYTES);
+        let mut odd = format!("x{}", "é".repeat(600));
+        truncate_note(&mut odd);
+        assert_eq!(odd.len(), MAX_NOTE_BYTES - 1);
+        let mut short = "short".to_string();
+        truncate_note(&mut short);
+        assert_eq!(short, "short");
+    }
     use crate::fixtures::mock_client;
     use kube::runtime::events::EventType;
 
