@@ -13,6 +13,7 @@ pub mod feed;
 #[cfg(test)]
 pub mod fixtures;
 pub mod index;
+pub mod key;
 pub mod model;
 pub mod multus;
 pub mod names;

@@ -1,13 +1,12 @@
 //! Plain data the decisions work on: object keys, the NAD type, and the
 //! compact pod projection that both controllers and `plan` share.
 
-mod key;
 mod labels;
 pub mod nad;
 pub mod pod;
 pub mod text;
 
-pub use key::ObjectKey;
+pub use crate::key::ObjectKey;
 pub use labels::Labels;
 pub use nad::{NadMeta, NamespaceMeta, NetworkAttachmentDefinition};
 pub use pod::{PodLite, PodView};

@@ -53,7 +53,7 @@ pub(crate) fn is_nad_name(s: &str) -> bool {
 }
 
 /// True when `key` could be a NAD: a namespace label and a NAD name.
-pub fn is_nad_key(key: &crate::model::ObjectKey) -> bool {
+pub fn is_nad_key(key: &crate::key::ObjectKey) -> bool {
     key.namespace.len() <= 63 && is_dns1123_label(&key.namespace) && is_nad_name(&key.name)
 }
 

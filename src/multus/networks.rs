@@ -4,7 +4,7 @@
 //! fail-safe reading protection falls back on when a value does not parse.
 
 use super::{AnnotationError, check_size, golang, is_dns1123_label, is_nad_name};
-use crate::model::ObjectKey;
+use crate::key::ObjectKey;
 use serde::Deserialize;
 use serde_json::Value;
 

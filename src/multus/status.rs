@@ -1,7 +1,7 @@
 //! `k8s.v1.cni.cncf.io/network-status`: what Multus actually attached.
 
 use super::{AnnotationError, check_size, limits};
-use crate::model::ObjectKey;
+use crate::key::ObjectKey;
 use serde::Deserialize;
 use std::net::IpAddr;
 

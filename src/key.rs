@@ -1,3 +1,6 @@
+//! `namespace/name`, the key every other module files objects under (the
+//! bottom layer with `names`: it imports nothing of the crate).
+
 use std::fmt;
 
 /// `namespace/name` of a namespaced object; ordered so that output is stable.
