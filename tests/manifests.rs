@@ -15,6 +15,7 @@ const OVERLAYS: &[&str] = &[
     "kustomize/overlays/jaeger",
     "kustomize/overlays/kind",
     "kustomize/overlays/pre-1.30",
+    "kustomize/overlays/v1beta1-admission",
 ];
 
 fn render(dir: &str) -> Option<Vec<Value>> {
@@ -252,7 +253,9 @@ fn each_overlay_does_what_it_promises() {
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     assert_eq!(env(&d, "RUST_LOG").as_deref(), Some("info,nadc=debug"));
 
-    // The admission policy ships with base; the pre-1.30 overlay has none of it.
+    // Both admission policies (NAD delete, pod create) ship with base; the
+    // pre-1.30 overlay has none of them; v1beta1-admission serves them all
+    // as v1beta1 (Kubernetes 1.28 and 1.29) and is otherwise base.
     let policy_kinds = [
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
@@ -267,9 +270,64 @@ fn each_overlay_does_what_it_promises() {
             .any(|d| policy_kinds.contains(&d["kind"].as_str().unwrap_or_default())),
         "pre-1.30 must not install the admission policy"
     );
+    let policies = |docs: &[Value]| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = docs
+            .iter()
+            .filter(|d| policy_kinds.contains(&d["kind"].as_str().unwrap_or_default()))
+            .map(|d| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&d["kind"]),
+                    s(&d["metadata"]["name"]),
+                    s(&d["apiVersion"]),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want = Vec::new();
+    for kind in policy_kinds {
+        for name in [
+            nadc::names::ADMISSION_POLICY,
+            nadc::names::POD_ADMISSION_POLICY,
+        ] {
+            want.push((kind.to_string(), name.to_string(), String::new()));
+        }
+    }
+    let with_version = |version: &str| -> Vec<(String, String, String)> {
+        want.iter()
+            .map(|(k, n, _)| {
+                (
+                    k.clone(),
+                    n.clone(),
+                    format!("admissionregistration.k8s.io/{version}"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(policies(&base), with_version("v1"));
     assert_eq!(
-        old.len() + 2,
+        old.len() + 4,
         base.len(),
-        "pre-1.30 is base less the policy"
+        "pre-1.30 is base less the policies"
+    );
+    let beta = render("kustomize/overlays/v1beta1-admission").unwrap();
+    assert_eq!(policies(&beta), with_version("v1beta1"));
+    let strip = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .map(|d| {
+                let mut d = d.clone();
+                if policy_kinds.contains(&d["kind"].as_str().unwrap_or_default()) {
+                    d["apiVersion"] = Value::Null;
+                }
+                d
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&beta),
+        strip(&base),
+        "v1beta1-admission is base with the policies' apiVersion changed"
     );
 }
