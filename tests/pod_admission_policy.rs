@@ -554,9 +554,13 @@ fn admit(
     }
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
                      "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    admit_pod(&pod, configmap, namespace)
+}
+
+fn admit_pod(pod: &Value, configmap: Option<&Value>, namespace: &str) -> Result<Verdict, String> {
     let compiled = COMPILED.with(Rc::clone);
     let mut base = context();
-    base.add_variable_from_value("object", cel::to_value(&pod).unwrap());
+    base.add_variable_from_value("object", cel::to_value(pod).unwrap());
     base.add_variable_from_value("oldObject", Cel::Null);
     base.add_variable_from_value(
         "request",
@@ -613,7 +617,7 @@ fn state() -> Value {
     configmap(&[
         ("ns1.deleting", names::REFUSAL_BEING_DELETED),
         ("ns2.deleting", names::REFUSAL_BEING_DELETED),
-        ("gone.early", names::REFUSAL_RELEASED_EARLY),
+        ("gone.early", names::REFUSAL_NAMESPACE_DELETED),
         ("kube-system.old-default", names::REFUSAL_BEING_DELETED),
         (names::ADMISSION_STATE_MULTUS_NAMESPACE_KEY, MULTUS_NS),
     ])
@@ -824,6 +828,20 @@ fn a_pod_without_multus_annotations_is_not_evaluated() {
         admit(Some(&BTreeMap::new()), Some(&state()), "ns1"),
         Ok(Verdict::NotMatched)
     );
+    // No CNI for a host-network pod, so no Multus: nothing to refuse.
+    let host = json!({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": "h", "annotations": pod(Some("deleting"), None)},
+                      "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "busybox"}]}});
+    assert_eq!(
+        admit_pod(&host, Some(&state()), "ns1"),
+        Ok(Verdict::NotMatched)
+    );
+    let mut not_host = host.clone();
+    not_host["spec"]["hostNetwork"] = json!(false);
+    assert!(matches!(
+        admit_pod(&not_host, Some(&state()), "ns1"),
+        Ok(Verdict::Refused(_))
+    ));
 }
 
 #[test]
@@ -878,7 +896,7 @@ fn the_message_says_which_nad_why_and_what_to_do() {
         Verdict::Refused(format!(
             "pod uses NetworkAttachmentDefinition gone/early, which is {}; remove it from the \
              pod's annotation k8s.v1.cni.cncf.io/networks, or wait until it is re-created",
-            names::REFUSAL_RELEASED_EARLY
+            names::REFUSAL_NAMESPACE_DELETED
         ))
     );
     let Verdict::Refused(m) =
@@ -1160,7 +1178,7 @@ fn state_configmap() -> impl Strategy<Value = Value> {
                 .into_iter()
                 .enumerate()
                 .map(|(k, (ns, name))| {
-                    let reason = if k % 2 == 0 { names::REFUSAL_BEING_DELETED } else { names::REFUSAL_RELEASED_EARLY };
+                    let reason = if k % 2 == 0 { names::REFUSAL_BEING_DELETED } else { names::REFUSAL_NAMESPACE_DELETED };
                     (format!("{ns}.{name}"), reason.to_string())
                 })
                 .collect();
