@@ -111,6 +111,37 @@ impl ApiServerVerifier {
         ex.respond(201, body)
     }
 
+    /// Expects the first write to the pod admission ConfigMap of a context:
+    /// its read (answered: it exists, with the default Multus namespace),
+    /// then the merge patch listing `key` with `reason`.
+    pub async fn expect_admission_mark(&mut self, key: &str, reason: &str) {
+        let path = format!(
+            "/api/v1/namespaces/{}/configmaps/{}",
+            crate::runtime::config::DEFAULT_NAMESPACE,
+            crate::names::ADMISSION_STATE_CONFIGMAP
+        );
+        self.expect(Method::GET, &path).await.respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": crate::names::ADMISSION_STATE_CONFIGMAP},
+                   "data": {crate::names::ADMISSION_STATE_MULTUS_NAMESPACE_KEY: crate::names::DEFAULT_MULTUS_NAMESPACE}}),
+        );
+        self.expect_admission_patch(key, reason).await;
+    }
+
+    /// Expects a merge patch of the pod admission ConfigMap listing `key`
+    /// with `reason`.
+    pub async fn expect_admission_patch(&mut self, key: &str, reason: &str) {
+        let path = format!(
+            "/api/v1/namespaces/{}/configmaps/{}",
+            crate::runtime::config::DEFAULT_NAMESPACE,
+            crate::names::ADMISSION_STATE_CONFIGMAP
+        );
+        let ex = self.expect(Method::PATCH, &path).await;
+        assert_eq!(ex.body, json!({"data": {key: reason}}), "admission mark");
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": crate::names::ADMISSION_STATE_CONFIGMAP}});
+        ex.respond(200, body);
+    }
+
     /// Asserts that no further request arrives.
     pub async fn expect_silence(&mut self) {
         if let Ok(Some((req, _))) =

@@ -36,7 +36,9 @@ pub const ADMISSION_STATE_MULTUS_NAMESPACE_KEY: &str = "multus-namespace";
 
 /// Values of a NAD's key in [`ADMISSION_STATE_CONFIGMAP`].
 pub const REFUSAL_BEING_DELETED: &str = "being deleted";
-pub const REFUSAL_RELEASED_EARLY: &str = "released early: its namespace is being deleted";
+/// A NAD whose namespace is being deleted: released as soon as no pod uses
+/// it, so no new pod may start using it.
+pub const REFUSAL_NAMESPACE_DELETED: &str = "in a namespace that is being deleted";
 
 /// Value of `endpointslice.kubernetes.io/managed-by` on the EndpointSlices we own.
 pub const MANAGED_BY: &str = "net-attach-def-controller.k8s.cni.cncf.io";

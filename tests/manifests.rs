@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
-use nadc::runtime::permissions::{CLUSTER, LEADER_ELECTION, Permission};
+use nadc::runtime::permissions::{CLUSTER, NAMESPACED, Permission};
 use serde_json::Value;
 use std::process::Command;
 
@@ -137,7 +137,7 @@ fn every_overlay_renders_with_least_privilege_rbac_and_a_hardened_deployment() {
         );
         check_rules(
             lease_roles[0].rules.as_deref().unwrap_or_default(),
-            &[&LEADER_ELECTION],
+            &NAMESPACED.iter().collect::<Vec<_>>(),
             &format!("{dir} Role"),
         );
 

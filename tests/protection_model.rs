@@ -281,6 +281,10 @@ struct ApiState {
     /// Where the watch delivers at once (the pod created during a LIST).
     index: Option<Arc<std::sync::RwLock<nadc::index::PodIndex>>>,
     touched: BTreeSet<ObjectKey>,
+    /// The pod admission policy's ConfigMap (`data`), None until created:
+    /// the policy, modelled as in force, refuses a pod that Multus would
+    /// attach to a NAD listed there.
+    admission: Option<BTreeMap<String, String>>,
 }
 
 fn view(pod: &Value) -> PodView {
@@ -310,6 +314,21 @@ impl ApiState {
         self.nad_events
             .push_back(watcher::Event::Apply(nad_meta(&doc)));
         self.nads.insert(key.clone(), doc);
+    }
+
+    /// Whether the pod admission policy refuses `pod` (by the oracle's
+    /// reading of its annotations, against the ConfigMap).
+    fn refused(&self, pod: &Value) -> bool {
+        let listed = self.admission.as_ref();
+        oracle_uses(pod)
+            .iter()
+            .any(|k| listed.is_some_and(|d| d.contains_key(&format!("{}.{}", k.namespace, k.name))))
+    }
+
+    fn listed(&self, key: &ObjectKey) -> bool {
+        self.admission
+            .as_ref()
+            .is_some_and(|d| d.contains_key(&format!("{}.{}", key.namespace, key.name)))
     }
 
     /// The pods that hold `key`, by the oracle.
@@ -378,6 +397,14 @@ impl ApiState {
             return Err(422); // no new finalizers on an object being deleted
         }
         let ours = |v: &Value| finalizers(v).iter().any(|f| f == FINALIZER);
+        if ours(&current) && !ours(&doc) {
+            // Release order: the NAD is listed for the pod admission policy
+            // before its finalizer goes, so that no new user can start.
+            assert!(
+                self.listed(key),
+                "our finalizer was removed from {key} before the pod admission ConfigMap listed it"
+            );
+        }
         if !deleting && ours(&current) && !ours(&doc) {
             // Released before its deletion: only in a namespace being
             // deleted, and only while no pod uses it.
@@ -420,6 +447,7 @@ impl ApiState {
         };
         if query.get("continue").is_none()
             && let Some(pod) = self.pod_during_list.take()
+            && !self.refused(&pod)
         {
             // created after the snapshot; the watch is quick and delivers it
             let index = self.index.clone().unwrap();
@@ -448,7 +476,7 @@ impl ApiState {
             .map(|(k, v)| (k.to_string(), v.replace("%2F", "/")))
             .collect();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let status = |code: u16| json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "model", "message": "model"});
+        let status = |code: u16| json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": if code == 404 { "NotFound" } else { "model" }, "message": "model"});
         let meta_of = |doc: &Value| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": doc["metadata"]});
         match (method, parts.as_slice()) {
             (&Method::GET, ["api", "v1", "pods"]) => match self.list_pods(&query) {
@@ -480,6 +508,33 @@ impl ApiState {
                             Err(code) => (code, status(code)),
                         }
                     }
+                    _ => panic!("unexpected {m} {path}"),
+                }
+            }
+            (m, ["api", "v1", "namespaces", _, "configmaps", ..]) => {
+                let cm = |data: &BTreeMap<String, String>| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": nadc::names::ADMISSION_STATE_CONFIGMAP}, "data": data});
+                match (m, self.admission.as_mut()) {
+                    (&Method::GET, Some(data)) => (200, cm(data)),
+                    (&Method::GET | &Method::PATCH, None) => (404, status(404)),
+                    (&Method::PATCH, Some(data)) => {
+                        let patch: Value = serde_json::from_slice(body).unwrap();
+                        for (k, v) in patch["data"].as_object().unwrap() {
+                            match v.as_str() {
+                                Some(v) => data.insert(k.clone(), v.to_string()),
+                                None => data.remove(k),
+                            };
+                        }
+                        (200, cm(data))
+                    }
+                    (&Method::POST, None) => {
+                        let created: Value = serde_json::from_slice(body).unwrap();
+                        let data: BTreeMap<String, String> =
+                            serde_json::from_value(created["data"].clone()).unwrap_or_default();
+                        let out = cm(&data);
+                        self.admission = Some(data);
+                        (201, out)
+                    }
+                    (&Method::POST, Some(_)) => (409, status(409)),
                     _ => panic!("unexpected {m} {path}"),
                 }
             }
@@ -585,7 +640,9 @@ impl Controller {
             .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
         if let Some(nad) = cached {
             // Errors go to the error policy and a later retry: nothing to check here.
-            let _ = reconcile(nad, self.ctx.clone()).await;
+            if let Err(e) = reconcile(nad, self.ctx.clone()).await {
+                eprintln!("MODEL reconcile error: {e}");
+            }
         }
     }
 }
@@ -627,7 +684,11 @@ async fn run(steps: Vec<Step>) {
                     annotations["v1.multus-cni.io/default-network"] = json!("ns1/net-c");
                 }
                 let uid = format!("pod-{}", api.bump());
-                api.put_pod(json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": uid, "annotations": annotations}, "status": {"phase": "Pending"}}));
+                let doc = json!({"metadata": {"name": key.name, "namespace": key.namespace, "uid": uid, "annotations": annotations}, "status": {"phase": "Pending"}});
+                if api.refused(&doc) {
+                    continue;
+                }
+                api.put_pod(doc);
             }
             Step::UpdatePod { pod, annotation } => {
                 let mut api = state.lock().unwrap();

@@ -548,6 +548,10 @@ mod tests {
                     );
                 }
                 Decision::Blocked { users } => {
+                    // a NAD being deleted takes no new users: listed first
+                    let key = format!("default.{}", planned.key.name);
+                    api.expect_admission_mark(&key, names::REFUSAL_BEING_DELETED)
+                        .await;
                     let event = api.expect_event("default").await;
                     assert_eq!(event["note"], blocked_message(users));
                 }

@@ -2,6 +2,7 @@
 //! (metadata only) and is triggered by the pod index whenever a NAD's set of
 //! users changes. It gathers inputs, asks `decide`, and applies the answer.
 
+use super::admission::{AdmissionState, watch_policy};
 use super::decide::{self, Decision, NadState};
 use super::finalizer::{Removal, conflict_retries, remove_finalizer};
 use super::gauges::NadGauges;
@@ -57,14 +58,25 @@ pub struct Context {
     /// Slots for reconciles that call the API server (`API_CONCURRENCY`).
     api_slots: tokio::sync::Semaphore,
     retries: crate::runtime::retry::Retries,
+    /// The ConfigMap the pod admission policy reads, and whether that
+    /// policy is in force.
+    admission: AdmissionState,
 }
 
 impl Context {
-    /// A context whose namespace cache counts as synced; `run` waits for
-    /// its own with `waiting_for_namespaces`.
+    /// A context whose namespace cache counts as synced and whose pod
+    /// admission policy counts as in force; `run` waits for its own with
+    /// `waiting_for_namespaces` and `with_policy`.
     pub fn new(shared: Shared, nads: Store<NadMeta>, namespaces: Store<NamespaceMeta>) -> Self {
         let gather = shared.settings.live_list_gather;
+        let admission = AdmissionState::new(
+            shared.client.clone(),
+            &shared.settings.namespace,
+            &shared.settings.multus_namespace,
+            tokio::sync::watch::channel(Some(true)).1,
+        );
         Context {
+            admission,
             shared,
             nads,
             namespaces,
@@ -75,6 +87,17 @@ impl Context {
             api_slots: tokio::sync::Semaphore::new(API_CONCURRENCY),
             retries: Default::default(),
         }
+    }
+
+    /// Whether the pod admission policy is in force, as `watch_policy` finds.
+    pub fn with_policy(self, guarded: tokio::sync::watch::Receiver<Option<bool>>) -> Self {
+        let admission = AdmissionState::new(
+            self.shared.client.clone(),
+            &self.shared.settings.namespace,
+            &self.shared.settings.multus_namespace,
+            guarded,
+        );
+        Context { admission, ..self }
     }
 
     /// Reconciles wait until `synced` turns true.
@@ -119,9 +142,10 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         .clone()
         .wait_for(|synced| *synced)
         .await;
+    ctx.admission.checked().await;
 
-    let state = NadState::from_meta(&nad.metadata)
-        .in_namespace(namespace_terminating(&ctx.namespaces, &nad.metadata));
+    let guarded = ctx.admission.guarded();
+    let state = nad_state(&ctx, &nad);
     let users = ctx
         .shared
         .pods
@@ -144,6 +168,12 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             .await
             .expect("the API slots are never closed")
     };
+    // From the moment a NAD is on its way out, the pod admission policy
+    // refuses new users; and it must, before any release (see `release`).
+    if let (true, Some(reason)) = (guarded, decide::refusal_to_publish(&state, &decision)) {
+        let _slot = slot().await;
+        ctx.admission.mark(&state.key, reason).await?;
+    }
     let action = match decision {
         Decision::Sync {
             add_finalizer,
@@ -178,8 +208,11 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
                 report_blocked(&ctx, &nad, &cached_now).await;
                 Action::requeue(BLOCKED_RECHECK)
             } else if live.is_empty() {
-                release(&ctx, &nad, &state).await?;
-                Action::await_change()
+                if release(&ctx, &nad, &state).await? {
+                    Action::await_change()
+                } else {
+                    Action::requeue(CACHE_LAG_RECHECK)
+                }
             } else {
                 info!(
                     users = live.len(),
@@ -192,6 +225,17 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
     };
     ctx.retries.succeeded(&state.key);
     Ok(action)
+}
+
+/// The NAD as the protection decision reads it: with whether its namespace
+/// is being deleted, and whether a release before its own deletion would be
+/// guarded by the pod admission policy (in force, and the NAD has a key it
+/// can be listed under).
+fn nad_state(ctx: &Context, nad: &NadMeta) -> NadState {
+    let state = NadState::from_meta(&nad.metadata)
+        .in_namespace(namespace_terminating(&ctx.namespaces, &nad.metadata));
+    let guarded = ctx.admission.guarded() && decide::admission_key(&state.key).is_some();
+    state.guarded(guarded)
 }
 
 /// Whether the NAD's namespace is being deleted, from the namespace cache:
@@ -318,22 +362,46 @@ async fn sync_metadata(
 }
 
 /// Removes our finalizer with a `test`-guarded JSON patch, retrying on
-/// conflict from a fresh read, then reports the release.
-async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> {
+/// conflict from a fresh read, then reports the release. Before a retry, the
+/// pod index is asked again, as before the first attempt: a user that
+/// arrived meanwhile withholds the release. False when withheld.
+///
+/// Called only after the pod admission policy lists the NAD (when that
+/// policy is in force), then a live LIST that started after that, then a
+/// look at the pod index: a pod created after the listing is refused, one
+/// created before is in the LIST or, if the watch delivered it since, in the
+/// index.
+async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<bool> {
     let api: Api<NetworkAttachmentDefinition> =
         Api::namespaced(ctx.shared.client.clone(), &cached.key.namespace);
+    let unused = || {
+        ctx.shared
+            .pods
+            .read()
+            .expect("pod index lock")
+            .users(&cached.key)
+            .is_empty()
+    };
     let removed = remove_finalizer(
         &api,
         &cached.key,
         nad.metadata.uid.as_deref(),
         &cached.finalizers,
-        || true,
+        unused,
     )
     .await?;
-    ctx.last_blocked.lock().unwrap().remove(&cached.key);
-    let Removal::Removed(written) = removed else {
-        return Ok(());
+    let written = match removed {
+        Removal::Removed(written) => written,
+        Removal::NotHeld => {
+            ctx.last_blocked.lock().unwrap().remove(&cached.key);
+            return Ok(true);
+        }
+        Removal::Withheld => {
+            info!("a pod started using this network during the release; protection kept");
+            return Ok(false);
+        }
     };
+    ctx.last_blocked.lock().unwrap().remove(&cached.key);
     ctx.shared.metrics.nad_patches.inc();
     record_write(ctx, cached, written.as_deref(), true);
     if cached.namespace_terminating {
@@ -361,7 +429,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<()> 
             &nad_reference(&nad.metadata),
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
@@ -395,6 +463,9 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let metrics = shared.metrics.clone();
     let mut gauges = NadGauges::default();
+    // NADs gone, and completed re-lists, for the pod admission ConfigMap's
+    // upkeep (see `keep_admission_state`).
+    let (gone_tx, gone_rx) = futures::channel::mpsc::unbounded();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|nad| {
@@ -406,6 +477,15 @@ pub async fn run(
                 metrics.nads_protected.set(protected);
                 metrics.deletions_blocked.set(blocked);
             }
+            match event {
+                watcher::Event::Delete(nad) => {
+                    let _ = gone_tx.unbounded_send(Some(ObjectKey::of(nad)));
+                }
+                watcher::Event::InitDone => {
+                    let _ = gone_tx.unbounded_send(None);
+                }
+                _ => {}
+            }
         })
         .applied_objects();
     // Namespaces, metadata only, fed from their own future (never from
@@ -416,6 +496,7 @@ pub async fn run(
     let (ns_triggers, ns_triggered) = futures::channel::mpsc::unbounded();
     let (ns_synced, ns_synced_rx) = tokio::sync::watch::channel(false);
     let nads_of_ns = reader.clone();
+    let policy_triggers = ns_triggers.clone();
     let namespaces = watcher(
         Api::<NamespaceMeta>::all(shared.client.clone()),
         watcher::Config::default().any_semantic(),
@@ -447,9 +528,19 @@ pub async fn run(
         }
         futures::future::ready(())
     });
-    let ctx = Arc::new(
-        Context::new(shared, reader.clone(), ns_writer_reader).waiting_for_namespaces(ns_synced_rx),
+    let (guarded_tx, guarded_rx) = tokio::sync::watch::channel(None);
+    let policy = watch_policy(
+        shared.client.clone(),
+        shared.settings.namespace.clone(),
+        guarded_tx,
+        shared.metrics.pod_admission_policy_active.clone(),
     );
+    let ctx = Arc::new(
+        Context::new(shared, reader.clone(), ns_writer_reader)
+            .waiting_for_namespaces(ns_synced_rx)
+            .with_policy(guarded_rx),
+    );
+    let upkeep = keep_admission_state(ctx.clone(), gone_rx, policy_triggers);
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
     let controller = Controller::for_stream(stream, reader)
         // Unbounded here: `API_CONCURRENCY` bounds the reconciles that call
@@ -465,11 +556,59 @@ pub async fn run(
                 tracing::debug!(error = %e, "nad-protection");
             }
         });
-    // The namespace watch ends with the controller.
+    // The namespace watch, the policy check and the upkeep end with the
+    // controller.
     tokio::select! {
         _ = controller => {}
         _ = namespaces => {}
+        _ = policy => {}
+        _ = upkeep => {}
     }
+}
+
+/// Keeps the pod admission ConfigMap to the NADs that exist: a deleted NAD
+/// leaves it (`gone` carries its key; a name re-created must be usable
+/// again), and after each complete re-list of NADs (`gone` carries None)
+/// every entry whose NAD is gone or may be used again is taken out. When the
+/// policy comes into force or goes, the NADs of namespaces being deleted are
+/// reconciled again (`triggers`): their early release depends on it.
+async fn keep_admission_state(
+    ctx: Arc<Context>,
+    gone: futures::channel::mpsc::UnboundedReceiver<Option<ObjectKey>>,
+    triggers: futures::channel::mpsc::UnboundedSender<ObjectRef<NadMeta>>,
+) {
+    let mut policy = ctx.admission.policy_changes();
+    let retrigger = async {
+        while policy.changed().await.is_ok() {
+            for nad in ctx.nads.state() {
+                if namespace_terminating(&ctx.namespaces, &nad.metadata) {
+                    let _ = triggers.unbounded_send(ObjectRef::from_obj(nad.as_ref()));
+                }
+            }
+        }
+    };
+    let mut gone = std::pin::pin!(gone.ready_chunks(256));
+    let unmark = async {
+        while let Some(batch) = gone.next().await {
+            let relisted = batch.iter().any(Option::is_none);
+            let deleted: Vec<ObjectKey> = batch.into_iter().flatten().collect();
+            if let Err(e) = ctx.admission.unmark(&deleted).await {
+                tracing::warn!(error = %e, "could not take deleted NADs out of the pod admission ConfigMap; the next re-list will");
+            }
+            if relisted {
+                let _ = ctx.namespaces_synced.clone().wait_for(|s| *s).await;
+                let still_refused = |key: &ObjectKey| {
+                    ctx.nads
+                        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+                        .is_some_and(|nad| nad_state(&ctx, &nad).refusal().is_some())
+                };
+                if let Err(e) = ctx.admission.collect_garbage(still_refused).await {
+                    tracing::warn!(error = %e, "could not tidy the pod admission ConfigMap");
+                }
+            }
+        }
+    };
+    futures::future::join(retrigger, unmark).await;
 }
 
 #[cfg(test)]
@@ -623,6 +762,8 @@ mod tests {
         let (ctx, mut api) = context(&[demo_pod("Pending")]);
         let obj = nad(true, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         let event = api.expect_event("default").await;
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["reason"], names::reasons::DELETION_BLOCKED);
@@ -652,6 +793,8 @@ mod tests {
         let (ctx, mut api) = context(&[demo_pod("Pending")]);
         let obj = nad(true, &[names::FINALIZER]);
         let first = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         let event = api.expect_event("default").await;
         assert!(event["note"].as_str().unwrap().contains("default/demo"));
         first.await.unwrap().unwrap();
@@ -683,6 +826,8 @@ mod tests {
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         let list = api.expect(Method::GET, PODS_PATH).await;
         // created after the LIST's snapshot, seen by the watch meanwhile
         ctx.shared
@@ -724,15 +869,27 @@ mod tests {
                 tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()))
             })
             .collect();
-        // The first caller leads the LIST and waits LIVE_LIST_GATHER before
+        // Each NAD is listed in the pod admission ConfigMap first; the
+        // first caller then leads the LIST and waits LIVE_LIST_GATHER before
         // starting it; the others that ask meanwhile share it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(ctx.api_slots.available_permits(), API_CONCURRENCY);
         let mut lists = 0;
+        let mut marks = 0;
         let mut released = Vec::new();
-        while let Some(ex) = api.next_within(Duration::from_millis(500)).await {
+        while let Some(ex) = api.next_within(Duration::from_millis(800)).await {
             match (ex.method.clone(), ex.path.clone()) {
+                (Method::GET, path) if path.contains("/configmaps/") => {
+                    ex.respond(200, json!({"metadata": {"name": names::ADMISSION_STATE_CONFIGMAP}, "data": {names::ADMISSION_STATE_MULTUS_NAMESPACE_KEY: names::DEFAULT_MULTUS_NAMESPACE}}));
+                }
+                (Method::PATCH, path) if path.contains("/configmaps/") => {
+                    marks += 1;
+                    ex.respond(
+                        200,
+                        json!({"metadata": {"name": names::ADMISSION_STATE_CONFIGMAP}}),
+                    );
+                }
                 (Method::GET, path) if path == PODS_PATH => {
+                    // every NAD waits for it, none holding an API slot
+                    assert_eq!(ctx.api_slots.available_permits(), API_CONCURRENCY);
                     lists += 1;
                     ex.respond(200, pod_list(&[]));
                 }
@@ -753,6 +910,11 @@ mod tests {
         }
         released.sort();
         assert_eq!(released, names);
+        assert_eq!(
+            marks,
+            names.len(),
+            "each NAD listed once before its release"
+        );
         assert_eq!(lists, 1, "{} NADs, one LIST", names.len());
         let metrics = ctx.shared.metrics.render();
         assert!(metrics.contains("nadc_live_pod_lists_total 1"), "{metrics}");
@@ -763,6 +925,8 @@ mod tests {
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &["other", names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         let list = api.expect(Method::GET, PODS_PATH).await;
         assert!(
             list.query.contains("limit=100"),
@@ -792,6 +956,8 @@ mod tests {
         let (ctx, mut api) = context_in(&[], &[("default", true)]);
         let obj = nad(false, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
         api.expect(Method::GET, PODS_PATH)
             .await
             .respond(200, pod_list(&[]));
@@ -817,6 +983,8 @@ mod tests {
         let (ctx, mut api) = context_in(&[], &[("default", true)]);
         let released = nad(false, &[]);
         let task = tokio::spawn(reconcile(nad_meta(&released), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
         api.expect_silence().await;
     }
@@ -832,6 +1000,9 @@ mod tests {
         let mut obj = nad(false, &[names::FINALIZER]);
         obj["metadata"]["labels"] = json!({names::IN_USE_LABEL: "true"});
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        // no new user may start on a NAD of a namespace being deleted
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
         api.expect_silence().await;
         // released earlier, and a pod of another namespace starts using it:
@@ -839,6 +1010,8 @@ mod tests {
         let (ctx, mut api) = context_in(&[user], &[("default", true)]);
         let released = nad(false, &[]);
         let task = tokio::spawn(reconcile(nad_meta(&released), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
         let patch = api
             .expect(Method::PATCH, NAD_PATH)
             .await
@@ -869,6 +1042,8 @@ mod tests {
         let (ctx, mut api) = context_in(&[], &[("default", true)]);
         let obj = nad(false, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
         api.expect(Method::GET, PODS_PATH)
             .await
             .respond(200, pod_list(&[]));
@@ -919,6 +1094,8 @@ mod tests {
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         let mut first = pod_list(&[]);
         first["metadata"]["continue"] = json!("page-2");
         api.expect(Method::GET, PODS_PATH).await.respond(200, first);
@@ -940,6 +1117,8 @@ mod tests {
         let (ctx, mut api) = context(&[demo_pod("Succeeded")]);
         let obj = nad(true, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         api.expect(Method::GET, PODS_PATH)
             .await
             .respond(200, pod_list(&[demo_pod("Succeeded")]));
@@ -953,6 +1132,8 @@ mod tests {
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         api.expect(Method::GET, PODS_PATH)
             .await
             .respond(200, pod_list(&[]));
@@ -1027,6 +1208,8 @@ mod tests {
         let (ctx, mut api) = context(&[]);
         let obj = nad(true, &[names::FINALIZER]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
         api.expect(Method::GET, PODS_PATH)
             .await
             .respond(200, pod_list(&[]));

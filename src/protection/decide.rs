@@ -23,6 +23,10 @@ pub struct NadState {
     /// Its namespace is being deleted (the namespace has a
     /// deletionTimestamp), so the namespace controller will delete it soon.
     pub namespace_terminating: bool,
+    /// The pod admission policy is in force, so a NAD released before its
+    /// own deletion takes no new users (see `decide`). True unless the
+    /// operator found the policy missing.
+    pub early_release_guarded: bool,
 }
 
 impl NadState {
@@ -43,6 +47,7 @@ impl NadState {
                 .and_then(|l| l.get(names::IN_USE_LABEL))
                 .is_some_and(|v| v == "true"),
             namespace_terminating: false,
+            early_release_guarded: true,
         }
     }
 
@@ -54,9 +59,58 @@ impl NadState {
         }
     }
 
+    /// The same NAD, with whether the pod admission policy is in force.
+    pub fn guarded(self, early_release_guarded: bool) -> Self {
+        NadState {
+            early_release_guarded,
+            ..self
+        }
+    }
+
     pub fn protected(&self) -> bool {
         self.finalizers.iter().any(|f| f == names::FINALIZER)
     }
+
+    /// Why no new pod may use this NAD, as the pod admission policy's
+    /// refusal reads it; None while new pods may use it. A NAD being deleted
+    /// takes no new users (as Kubernetes refuses a pod on a PVC being
+    /// deleted), nor does one whose namespace is being deleted: both are on
+    /// their way out, and a new user would hold them, or the namespace, up.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.deleting {
+            Some(names::REFUSAL_BEING_DELETED)
+        } else if self.namespace_terminating {
+            Some(names::REFUSAL_NAMESPACE_DELETED)
+        } else {
+            None
+        }
+    }
+}
+
+/// What the pod admission policy's ConfigMap should say of a NAD, given the
+/// decision taken on it: the refusal, for a NAD on its way out that is ours
+/// to hold or to have released (one that never held our finalizer is not
+/// ours to speak for).
+pub fn refusal_to_publish(nad: &NadState, decision: &Decision) -> Option<&'static str> {
+    match decision {
+        Decision::Unprotected => None,
+        _ => nad.refusal(),
+    }
+}
+
+/// The key of a NAD in the pod admission policy's ConfigMap
+/// (`names::ADMISSION_STATE_CONFIGMAP`): `<namespace>.<name>`, unambiguous
+/// since a namespace has no dot. None when it would be longer than a
+/// ConfigMap key may be (253 bytes): such a NAD cannot be marked.
+pub fn admission_key(nad: &ObjectKey) -> Option<String> {
+    let key = format!("{}.{}", nad.namespace, nad.name);
+    (key.len() <= 253).then_some(key)
+}
+
+/// The NAD an admission key names, if it names one.
+pub fn nad_of_admission_key(key: &str) -> Option<ObjectKey> {
+    let (namespace, name) = key.split_once('.')?;
+    (!namespace.is_empty() && !name.is_empty()).then(|| ObjectKey::new(namespace, name))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,11 +150,16 @@ pub enum Decision {
 ///
 /// A NAD in a namespace being deleted is protected exactly as long as a pod
 /// uses it: once none does, it is released before its own deletion (no new
-/// pod can be created in a terminating namespace, and a pod of another
-/// namespace that starts using it makes it `Sync` its finalizer back).
+/// pod can be created in a terminating namespace, the pod admission policy
+/// refuses a pod of another namespace that names it, and one admitted
+/// before the policy saw it makes it `Sync` its finalizer back). Without
+/// that policy (`early_release_guarded` false) such a NAD is held like any
+/// other until it is deleted itself.
 pub fn decide(nad: &NadState, users: &[ObjectKey]) -> Decision {
     match (nad.deleting, nad.protected()) {
-        (false, protected) if nad.namespace_terminating && users.is_empty() => {
+        (false, protected)
+            if nad.namespace_terminating && nad.early_release_guarded && users.is_empty() =>
+        {
             if protected {
                 Decision::ConfirmEarlyRelease
             } else {
@@ -234,6 +293,64 @@ pub fn remove_finalizer_patch(uid: Option<&str>, finalizers: &[String]) -> Optio
 }
 
 #[cfg(test)]
+mod admission_tests {
+    use super::*;
+
+    fn state(deleting: bool, terminating: bool) -> NadState {
+        let mut s = NadState::from_meta(&Default::default()).in_namespace(terminating);
+        s.deleting = deleting;
+        s.finalizers = vec![names::FINALIZER.into()];
+        s
+    }
+
+    #[test]
+    fn no_early_release_without_the_pod_admission_policy() {
+        let unguarded = state(false, true).guarded(false);
+        assert_eq!(decide(&unguarded, &[]), Decision::Protected);
+        assert_eq!(
+            decide(&state(false, true), &[]),
+            Decision::ConfirmEarlyRelease
+        );
+        // a deleted NAD is released as always, policy or not
+        assert_eq!(
+            decide(&state(true, true).guarded(false), &[]),
+            Decision::ConfirmRelease
+        );
+    }
+
+    #[test]
+    fn a_nad_being_deleted_or_in_a_namespace_being_deleted_takes_no_new_users() {
+        assert_eq!(state(false, false).refusal(), None);
+        assert_eq!(
+            state(true, false).refusal(),
+            Some(names::REFUSAL_BEING_DELETED)
+        );
+        assert_eq!(
+            state(true, true).refusal(),
+            Some(names::REFUSAL_BEING_DELETED)
+        );
+        assert_eq!(
+            state(false, true).refusal(),
+            Some(names::REFUSAL_NAMESPACE_DELETED)
+        );
+    }
+
+    #[test]
+    fn admission_keys_split_at_the_namespace_and_fit_a_configmap() {
+        let nad = ObjectKey::new("team-a", "br0.v2");
+        let key = admission_key(&nad).unwrap();
+        assert_eq!(key, "team-a.br0.v2");
+        assert_eq!(nad_of_admission_key(&key), Some(nad));
+        assert_eq!(
+            nad_of_admission_key(names::ADMISSION_STATE_MULTUS_NAMESPACE_KEY),
+            None
+        );
+        assert_eq!(admission_key(&ObjectKey::new("ns", "x".repeat(251))), None);
+        assert!(admission_key(&ObjectKey::new("ns", "x".repeat(250))).is_some());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{PodLite, PodView};
@@ -248,6 +365,7 @@ mod tests {
             has_labels: false,
             marked_in_use: false,
             namespace_terminating: false,
+            early_release_guarded: true,
         }
     }
 

@@ -6,6 +6,7 @@
 //! pods that every release confirms with, shared between NADs; `gauges`
 //! keeps the protected/blocked counts from the NAD watch.
 
+pub mod admission;
 pub mod controller;
 pub mod decide;
 pub mod finalizer;

@@ -63,8 +63,8 @@ pub struct RunArgs {
         default_value = "k8s-net-attach-def-controller"
     )]
     pub lease_name: String,
-    /// Namespace of the Lease; defaults to the pod's own namespace.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "net-attach-def-system")]
+    /// The operator's namespace, for its Lease and the pod admission policy's ConfigMap; defaults to the pod's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub lease_namespace: String,
     /// Seconds a leader holds the Lease without renewing it; a standby takes over after that.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=300))]
@@ -97,6 +97,7 @@ impl RunArgs {
     pub fn settings(&self) -> Settings {
         Settings {
             multus_namespace: self.multus_namespace.clone(),
+            namespace: self.lease_namespace.clone(),
             max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
             list_page_size: self.list_page_size,
             ..Default::default()
@@ -132,12 +133,17 @@ pub struct PlanArgs {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub multus_namespace: String,
+    /// The operator's own namespace: its Lease, and the ConfigMap the pod
+    /// admission policy reads.
+    pub namespace: String,
     pub max_endpoints_per_slice: usize,
     pub list_page_size: u32,
     /// How long the shared live LIST of pods waits for more NADs to join it.
     pub live_list_gather: std::time::Duration,
 }
 
+/// Where the manifests install the operator.
+pub const DEFAULT_NAMESPACE: &str = "net-attach-def-system";
 /// Kubernetes' own default for endpoints per slice.
 pub const DEFAULT_MAX_ENDPOINTS_PER_SLICE: u16 = 100;
 /// Objects per page of every paginated LIST.
@@ -150,6 +156,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             multus_namespace: crate::names::DEFAULT_MULTUS_NAMESPACE.into(),
+            namespace: DEFAULT_NAMESPACE.into(),
             max_endpoints_per_slice: DEFAULT_MAX_ENDPOINTS_PER_SLICE.into(),
             list_page_size: DEFAULT_LIST_PAGE_SIZE,
             live_list_gather: DEFAULT_LIVE_LIST_GATHER,

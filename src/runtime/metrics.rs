@@ -48,6 +48,7 @@ pub struct Metrics {
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
     pub events_dropped: Counter,
+    pub pod_admission_policy_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,12 @@ impl Default for Metrics {
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
         let events_dropped = Counter::default();
+        let pod_admission_policy_active = Gauge::default();
+        registry.register(
+            "pod_admission_policy_active",
+            "1 while the pod admission policy that refuses new users of a NAD on its way out is installed and bound; 0 otherwise, and then no NAD is released before its own deletion",
+            pod_admission_policy_active.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles run, by controller",
@@ -153,6 +160,7 @@ impl Default for Metrics {
             invalid_annotations,
             pods_indexed,
             events_dropped,
+            pod_admission_policy_active,
         }
     }
 }

@@ -55,6 +55,18 @@ pub const CLUSTER: &[Permission] = &[
         used_by: "the protection controller (metadata watch, finalizer patches) and release-finalizers",
     },
     Permission {
+        group: "admissionregistration.k8s.io",
+        resource: "validatingadmissionpolicies",
+        verbs: &["get"],
+        used_by: "looking whether the pod admission policy is installed (no early release without it)",
+    },
+    Permission {
+        group: "admissionregistration.k8s.io",
+        resource: "validatingadmissionpolicybindings",
+        verbs: &["get"],
+        used_by: "looking whether the pod admission policy is bound to deny, reading our ConfigMap",
+    },
+    Permission {
         group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],
@@ -62,10 +74,18 @@ pub const CLUSTER: &[Permission] = &[
     },
 ];
 
-/// Namespaced permissions for leader election (Role in the operator's namespace).
-pub const LEADER_ELECTION: Permission = Permission {
-    group: "coordination.k8s.io",
-    resource: "leases",
-    verbs: &["get", "list", "watch", "create", "patch"],
-    used_by: "kube-lease-manager (get, create once, renew by server-side apply); a standby watches the Lease to take over as soon as it is released",
-};
+/// Permissions in the operator's own namespace (one Role).
+pub const NAMESPACED: &[Permission] = &[
+    Permission {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "list", "watch", "create", "patch"],
+        used_by: "kube-lease-manager (get, create once, renew by server-side apply); a standby watches the Lease to take over as soon as it is released",
+    },
+    Permission {
+        group: "",
+        resource: "configmaps",
+        verbs: &["get", "create", "patch"],
+        used_by: "the ConfigMap the pod admission policy reads: NADs no new pod may use, written before a release",
+    },
+];
