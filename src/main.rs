@@ -5,7 +5,8 @@
 use clap::Parser;
 use futures::FutureExt;
 use nadc::runtime::config::{Cli, Command, RunArgs};
-use nadc::runtime::{Shared, http, leader::Leadership, metrics::Metrics, telemetry};
+use nadc::runtime::leader::{self, Leadership};
+use nadc::runtime::{Shared, http, metrics::Metrics, telemetry};
 use nadc::{endpoints, feed, plan, protection, release};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -171,30 +172,49 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
         protection::controller::run(shared.clone(), nad_rx, stop.clone()),
         endpoints::controller::run(shared.clone(), services, svc_rx, resync_rx, stop.clone()),
     );
-    let lost = match &leadership {
+    let lost = || match &leadership {
         Some(l) => Leadership::lost(l.state.clone()).boxed(),
         None => futures::future::pending().boxed(),
     };
     info!("controllers starting");
-    let mut controllers = std::pin::pin!(controllers);
+    let mut controllers = Box::pin(controllers);
     let mut lost_leadership = false;
-    tokio::select! {
-        _ = &mut controllers => {}
-        _ = termination() => {}
-        _ = lost => {
-            error!("leadership lost; stopping so that this replica restarts as a standby");
-            lost_leadership = true;
+    // While we lead: on losing the lease the controllers are dropped there
+    // and then, cancelling every reconcile in flight (leader::while_leading),
+    // so that no write of ours follows the loss.
+    let stopping = async {
+        tokio::select! {
+            _ = &mut controllers => false,
+            _ = termination() => true,
+        }
+    };
+    match leader::while_leading(stopping, lost()).await {
+        None => lost_leadership = true,
+        Some(false) => {}
+        Some(true) => {
+            // SIGTERM: stop accepting work, let in-flight reconciles finish
+            // (bounded), unless the lease goes meanwhile.
+            if let Some(tx) = stop_tx.take() {
+                let _ = tx.send(());
+            }
+            let finish = tokio::time::timeout(Duration::from_secs(20), &mut controllers);
+            match leader::while_leading(finish, lost()).await {
+                None => lost_leadership = true,
+                Some(Err(_)) => error!("controllers did not stop within 20 s"),
+                Some(Ok(_)) => {}
+            }
         }
     }
-    // Stop accepting work, let in-flight reconciles finish.
-    if let Some(tx) = stop_tx.take() {
-        let _ = tx.send(());
-    }
-    if tokio::time::timeout(Duration::from_secs(20), &mut controllers)
-        .await
-        .is_err()
-    {
-        error!("controllers did not stop within 20 s");
+    if lost_leadership {
+        // Nothing more of ours is sent: the controllers are dropped here,
+        // and returning ends the runtime with every task it still runs
+        // (the pod feed, queued Events).
+        drop(controllers);
+        feed_task.abort();
+        error!(
+            "leadership lost; in-flight reconciles cancelled, stopping so that this replica restarts as a standby"
+        );
+        return ExitCode::FAILURE;
     }
     feed_task.abort();
     ready_task.abort();
@@ -207,9 +227,5 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
         Ok(Ok(())) => {}
     }
     info!("stopped");
-    if lost_leadership {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::SUCCESS
 }

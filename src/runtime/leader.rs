@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -32,7 +32,8 @@ struct LeaseTarget {
     name: String,
     namespace: String,
     params: LeaseParams,
-    duration: Duration,
+    identity: String,
+    timing: Timing,
 }
 
 impl LeaseTarget {
@@ -59,15 +60,80 @@ impl LeaseTarget {
         }
     }
 
-    /// Fires whenever the Lease is seen free: no holder, or deleted.
-    fn freed(&self) -> BoxStream<'static, ()> {
+    /// What the API server shows of our Lease: free (no holder, or
+    /// deleted), or renewed by `identity` (a holder's every renewal is a
+    /// write, so a watch sees each one).
+    fn sightings(&self, identity: String) -> BoxStream<'static, Sighting> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         watcher(api, config)
             .default_backoff()
             .inspect_err(|e| tracing::warn!(error = %e, "watching the Lease failed; retrying"))
-            .filter_map(|event| async move { event.ok().filter(frees_the_lease).map(|_| ()) })
+            .filter_map(move |event| {
+                let sighting = event.ok().and_then(|e| {
+                    if frees_the_lease(&e) {
+                        Some(Sighting::Free)
+                    } else if held_by(&e, &identity) {
+                        Some(Sighting::RenewedByUs)
+                    } else {
+                        None
+                    }
+                });
+                async move { sighting }
+            })
             .boxed()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sighting {
+    Free,
+    RenewedByUs,
+}
+
+/// Whether a watch event shows the Lease held by `identity`.
+fn held_by(event: &watcher::Event<Lease>, identity: &str) -> bool {
+    match event {
+        watcher::Event::Apply(lease) | watcher::Event::InitApply(lease) => {
+            lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(identity)
+        }
+        _ => false,
+    }
+}
+
+/// Renewal timing from the lease duration, as client-go sets it (15 s
+/// lease, 10 s renew deadline): a leader renews every third of the lease,
+/// and steps down when it has not seen a renewal of its own for two thirds
+/// of it, a third before any standby may take the Lease over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub lease: Duration,
+    pub renew_every: Duration,
+    pub renew_deadline: Duration,
+}
+
+impl Timing {
+    pub fn of(lease_secs: u64) -> Self {
+        let lease = Duration::from_secs(lease_secs);
+        Timing {
+            lease,
+            renew_every: lease / 3,
+            renew_deadline: lease * 2 / 3,
+        }
+    }
+
+    /// kube-lease-manager's grace: how long before the term ends it renews.
+    fn grace_secs(&self) -> u64 {
+        (self.lease - self.renew_every).as_secs().max(1)
+    }
+
+    /// When a leader that last saw its renewal at `renewed` must stop.
+    pub fn step_down_at(&self, renewed: tokio::time::Instant) -> tokio::time::Instant {
+        renewed + self.renew_deadline
     }
 }
 
@@ -106,13 +172,15 @@ impl Leadership {
         identity: &str,
         duration_secs: u64,
     ) -> Self {
+        let timing = Timing::of(duration_secs);
         let target = LeaseTarget {
             client,
             name: name.into(),
             namespace: namespace.into(),
-            params: LeaseParams::new(identity, duration_secs, (duration_secs / 3).max(1))
+            params: LeaseParams::new(identity, duration_secs, timing.grace_secs())
                 .with_field_manager(field_manager(identity)),
-            duration: Duration::from_secs(duration_secs),
+            identity: identity.into(),
+            timing,
         };
         let manager = target.build_retrying().await;
         let (tx, state) = watch::channel(false);
@@ -142,9 +210,10 @@ impl Leadership {
 /// Competes for the Lease and publishes whether we hold it, until every
 /// receiver is gone; then releases it.
 async fn compete(target: LeaseTarget, mut manager: LeaseManager, state: watch::Sender<bool>) {
-    let mut freed = target.freed();
+    let mut sightings = target.sightings(target.identity.clone());
     let mut delay = Duration::from_millis(500);
-    let mut failing_since: Option<Instant> = None;
+    // The last renewal of ours the API server showed us, while leader.
+    let mut renewed = tokio::time::Instant::now();
     loop {
         let leader = *state.borrow();
         tokio::select! {
@@ -155,31 +224,36 @@ async fn compete(target: LeaseTarget, mut manager: LeaseManager, state: watch::S
                 }
                 return;
             }
-            Some(()) = freed.next(), if !leader => {
-                // The sleeping manager would only notice at the end of the
-                // old holder's term; a fresh one reads the Lease now.
-                tracing::debug!("the lease is free: competing for it now");
-                tokio::select! {
-                    _ = state.closed() => return,
-                    m = target.build_retrying() => manager = m,
-                }
+            _ = tokio::time::sleep_until(target.timing.step_down_at(renewed)), if leader => {
+                // No renewal seen for the renew deadline: stop before any
+                // standby may take the Lease, never after.
+                tracing::error!(deadline = ?target.timing.renew_deadline, "no renewal of the lease within the renew deadline; stepping down");
+                state.send_replace(false);
             }
+            Some(sighting) = sightings.next() => match sighting {
+                Sighting::RenewedByUs => renewed = tokio::time::Instant::now(),
+                Sighting::Free if !leader => {
+                    // The sleeping manager would only notice at the end of
+                    // the old holder's term; a fresh one reads the Lease now.
+                    tracing::debug!("the lease is free: competing for it now");
+                    tokio::select! {
+                        _ = state.closed() => return,
+                        m = target.build_retrying() => manager = m,
+                    }
+                }
+                Sighting::Free => {}
+            },
             changed = manager.changed() => match changed {
                 Ok(holder) => {
                     delay = Duration::from_millis(500);
-                    failing_since = None;
+                    if holder {
+                        renewed = tokio::time::Instant::now();
+                    }
                     state.send_replace(holder);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "leader election failed; retrying");
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if leader && since.elapsed() >= target.duration {
-                        // Our term has run out without a renewal: someone
-                        // else may hold the Lease now.
-                        tracing::error!("could not renew the lease within its duration");
-                        state.send_replace(false);
-                    }
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay.min(target.timing.renew_every)).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                     if !leader {
                         // A fresh manager also recreates a deleted Lease.
@@ -193,9 +267,71 @@ async fn compete(target: LeaseTarget, mut manager: LeaseManager, state: watch::S
     }
 }
 
+/// Runs `work` while we lead: when `lost` resolves first, `work` is dropped
+/// there and then, cancelling every reconcile in flight at its next await,
+/// so that no write of ours follows the loss. None when the lead was lost.
+pub async fn while_leading<T>(
+    work: impl std::future::Future<Output = T>,
+    lost: impl std::future::Future<Output = ()>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = lost => None,
+        out = work => Some(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_steps_down_a_third_of_the_lease_before_anyone_may_take_it() {
+        let t = Timing::of(15);
+        assert_eq!(t.renew_every, Duration::from_secs(5));
+        assert_eq!(t.renew_deadline, Duration::from_secs(10));
+        // kube-lease-manager renews `grace` before the term ends: every 5 s
+        assert_eq!(t.grace_secs(), 10);
+        let renewed = tokio::time::Instant::now();
+        assert_eq!(t.step_down_at(renewed) - renewed, Duration::from_secs(10));
+        assert!(t.renew_deadline < t.lease);
+        // the smallest lease the flag allows keeps the order
+        let t = Timing::of(5);
+        assert!(t.renew_every < t.renew_deadline && t.renew_deadline < t.lease);
+        assert!(t.grace_secs() < 5);
+    }
+
+    /// Once the lead is lost, the work is cancelled where it stands: a
+    /// write it was about to send never goes out, even after its wait ends.
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_lead_cancels_work_in_flight_before_its_next_write() {
+        let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = writes.clone();
+        let work = async move {
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // a reconcile waiting for the API server, then writing again
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        let (tx, mut rx) = watch::channel(true);
+        let lost = Leadership::lost(rx.clone());
+        let run = tokio::spawn(while_leading(work, lost));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send_replace(false);
+        assert_eq!(run.await.unwrap(), None, "the lead was lost");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let _ = rx.borrow_and_update();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_ends_while_leading_returns_its_result() {
+        let (_tx, rx) = watch::channel(true);
+        assert_eq!(
+            while_leading(async { 7 }, Leadership::lost(rx)).await,
+            Some(7)
+        );
+    }
     use serde_json::json;
 
     fn lease(spec: serde_json::Value) -> Lease {
