@@ -173,6 +173,14 @@ enum Step {
         nad: usize,
         pod_during_list: Option<usize>,
         expire_continue: bool,
+        /// The pod created during the LIST reaches the pod index only after
+        /// the reconcile's re-check (it stays in the pending watch events).
+        late: bool,
+    },
+    /// Two NADs reconciled at once, sharing one live LIST.
+    ReconcileTogether {
+        a: usize,
+        b: usize,
     },
     ReconcileTouched,
     /// Directed tests only: whether the NAD holds our finalizer now (or is
@@ -199,8 +207,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Restart),
         1 => (0..2usize).prop_map(|ns| Step::DeleteNamespace { ns }),
         2 => (0..2usize).prop_map(|ns| Step::NamespacePass { ns }),
-        3 => (0..NADS.len(), prop::option::weighted(0.3, 0..PODS), prop::bool::weighted(0.15))
-            .prop_map(|(nad, pod_during_list, expire_continue)| Step::Reconcile { nad, pod_during_list, expire_continue }),
+        3 => (0..NADS.len(), prop::option::weighted(0.3, 0..PODS), prop::bool::weighted(0.15), prop::bool::ANY)
+            .prop_map(|(nad, pod_during_list, expire_continue, late)| Step::Reconcile { nad, pod_during_list, expire_continue, late }),
+        1 => (0..NADS.len(), 0..NADS.len()).prop_map(|(a, b)| Step::ReconcileTogether { a, b }),
         2 => Just(Step::ReconcileTouched),
     ]
 }
@@ -272,6 +281,9 @@ struct ApiState {
     expire_next_continue: bool,
     /// A pod to create right after the next LIST's first page.
     pod_during_list: Option<Value>,
+    /// Whether that pod's watch event is left pending (delivered after the
+    /// reconcile) rather than delivered at once.
+    pod_during_list_late: bool,
     /// Watch events not yet delivered to the controller's caches.
     pod_events: VecDeque<watcher::Event<PodView>>,
     nad_events: VecDeque<watcher::Event<NadMeta>>,
@@ -449,16 +461,21 @@ impl ApiState {
             && let Some(pod) = self.pod_during_list.take()
             && !self.refused(&pod)
         {
-            // created after the snapshot; the watch is quick and delivers it
-            let index = self.index.clone().unwrap();
-            let changes = index
-                .write()
-                .unwrap()
-                .apply_watcher_event(watcher::Event::Apply(view(&pod)));
-            for c in changes {
-                self.touched.extend(c.touched_nads());
+            // created after the snapshot; a quick watch delivers it at
+            // once, a late one only after the reconcile's re-check
+            if self.pod_during_list_late {
+                self.put_pod(pod);
+            } else {
+                let index = self.index.clone().unwrap();
+                let changes = index
+                    .write()
+                    .unwrap()
+                    .apply_watcher_event(watcher::Event::Apply(view(&pod)));
+                for c in changes {
+                    self.touched.extend(c.touched_nads());
+                }
+                self.pods.insert(pod_key_of(&pod), pod);
             }
-            self.pods.insert(pod_key_of(&pod), pod);
         }
         let (page, rest) = items.split_at(limit.min(items.len()));
         let mut meta = json!({"resourceVersion": self.rv.to_string()});
@@ -819,17 +836,11 @@ async fn run(steps: Vec<Step>) {
                 if !state.lock().unwrap().terminating.contains(name) {
                     continue;
                 }
-                // The model's one timing assumption: the namespace
-                // controller starts 5 s after the deletion and passes again
-                // seconds apart, so by a pass the watches have delivered and
-                // the NADs they touched are reconciled. (It is what covers a
-                // pod of another namespace that starts using a NAD released
-                // early: the operator puts the finalizer back.)
-                catch_up(&state, &mut ctl).await;
-                let touched = std::mem::take(&mut state.lock().unwrap().touched);
-                for key in touched {
-                    ctl.reconcile(&key).await;
-                }
+                // No timing assumption: the pass may come before any watch
+                // event or reconcile catches up. A pod of another namespace
+                // that would start using a NAD released early is refused by
+                // the pod admission policy, which lists the NAD before its
+                // release (asserted in `patch_nad`).
                 let mut api = state.lock().unwrap();
                 // ordered deletion: the namespace's pods first...
                 let pods: Vec<ObjectKey> = api
@@ -854,14 +865,19 @@ async fn run(steps: Vec<Step>) {
                     api.delete_nad(&key, true, "2026-11-27T11:00:05Z");
                 }
             }
+            Step::ReconcileTogether { a, b } => {
+                futures::future::join(ctl.reconcile(&nad_key(a)), ctl.reconcile(&nad_key(b))).await;
+            }
             Step::Reconcile {
                 nad,
                 pod_during_list,
                 expire_continue,
+                late,
             } => {
                 {
                     let mut api = state.lock().unwrap();
                     api.expire_next_continue = expire_continue;
+                    api.pod_during_list_late = late;
                     if let Some(p) = pod_during_list {
                         let key = pod_key(p);
                         let n = nad_key(nad);
@@ -1026,6 +1042,7 @@ fn the_seed_scenario() {
         nad,
         pod_during_list: None,
         expire_continue: false,
+        late: false,
     };
     block_on(vec![
         Step::CreateNad {
@@ -1058,6 +1075,7 @@ fn a_pod_created_during_the_live_list_holds_the_nad() {
         nad,
         pod_during_list: None,
         expire_continue: false,
+        late: false,
     };
     block_on(vec![
         Step::CreateNad {
@@ -1072,7 +1090,40 @@ fn a_pod_created_during_the_live_list_holds_the_nad() {
             nad: 0,
             pod_during_list: Some(0),
             expire_continue: false,
+            late: false,
         },
+    ]);
+}
+
+/// A pod naming a deleting NAD is created after the live LIST's snapshot
+/// and reaches the pod index only after the re-check: nothing the operator
+/// reads can see it. The pod admission policy refuses it, since the NAD was
+/// listed before the LIST: the NAD is released and no pod uses it.
+#[test]
+fn a_pod_created_during_the_live_list_and_seen_after_the_recheck_is_refused() {
+    let reconcile = |nad| Step::Reconcile {
+        nad,
+        pod_during_list: None,
+        expire_continue: false,
+        late: false,
+    };
+    block_on(vec![
+        Step::CreateNad {
+            nad: 0,
+            other_finalizer: false,
+        },
+        Step::DeliverNads { events: 1 },
+        reconcile(0),
+        Step::DeleteNad { nad: 0 },
+        Step::DeliverNads { events: 2 },
+        Step::Reconcile {
+            nad: 0,
+            pod_during_list: Some(0),
+            expire_continue: false,
+            late: true,
+        },
+        Step::DeliverPods { events: 4 },
+        Step::Check(0, false),
     ]);
 }
 
@@ -1086,6 +1137,7 @@ fn in_a_namespace_being_deleted_only_unused_nads_are_released_early() {
         nad,
         pod_during_list: None,
         expire_continue: false,
+        late: false,
     };
     let held = |nad: usize| Step::Check(nad, true);
     block_on(vec![
@@ -1129,6 +1181,7 @@ fn network_status_holds_a_nad_the_annotation_no_longer_names() {
         nad,
         pod_during_list: None,
         expire_continue: false,
+        late: false,
     };
     block_on(vec![
         Step::CreateNad {
