@@ -70,6 +70,10 @@ e2e-local:
     cargo build --bin k8s-net-attach-def-controller
     E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
     E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test handover -- --ignored
+    # alone: they install the pod admission policy, whose binding covers every pod
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test admission -- --ignored
+    # SIGKILLs the operator every 30-45 s; E2E_CHAOS_SECONDS (default 150), E2E_CHAOS_SEED
+    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test chaos -- --ignored --nocapture
     E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test uninstall -- --ignored
 
 # Scale benchmark against the current KUBECONFIG (see README: Testing).

@@ -8,6 +8,7 @@
 //! to a made-up node: the pod garbage collector deletes those), and the tests
 //! write `network-status` and the Ready condition themselves.
 
+pub mod admission;
 pub mod operator;
 
 use anyhow::{Context as _, bail};

@@ -1,0 +1,968 @@
+//! Chaos (issue 20): pod and NAD churn in several namespaces in every Multus
+//! form, release races, a namespace deleted while pods of other namespaces
+//! start naming its NADs, and the operator SIGKILLed and restarted every 30
+//! to 45 s, over 1,500 background pods (the operator's live LIST of pods
+//! takes pages), with the pod admission policy in force.
+//!
+//! The oracle: a watch of NADs from before the churn; at each DELETED event,
+//! the pods at exactly that resourceVersion (`resourceVersionMatch=Exact`).
+//! A pod there that is not terminal and names the NAD, by the test's own
+//! record of what it wrote into each pod's annotations (never parsed by the
+//! operator's code), is a violation. Then, once the churn stops and the
+//! operator settles: no NAD being deleted without a user, every other NAD
+//! protected (or released early in a namespace being deleted, unused), the
+//! in-use label exact.
+//!
+//! `E2E_CHAOS_SECONDS` (default 150), `E2E_CHAOS_BACKGROUND` (default 1500
+//! pods), `E2E_CHAOS_SEED`. Needs the local operator (`E2E_CONTROLLER=local`:
+//! it is SIGKILLed) and runs alone (the pod policy binding is cluster-wide).
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, VersionMatch, WatchEvent,
+    WatchParams,
+};
+use kube::{Client, ResourceExt};
+use nadc::model::NetworkAttachmentDefinition;
+use nadc_e2e::admission::{
+    PolicyGuard, assert_policy_enforced, ensure_operator_namespace, install_pod_policy,
+    operator_sees_policy, pod_body, policy_version, refusal,
+};
+use nadc_e2e::operator::Mode;
+use nadc_e2e::{Operator, TestNs, cluster};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+const DEFAULT_NETWORK: &str = "v1.multus-cni.io/default-network";
+const FINALIZER: &str = "k8s.cni.cncf.io/net-attach-def-protection";
+const IN_USE: &str = "k8s.cni.cncf.io/in-use";
+/// NAD names each churn namespace draws from.
+const POOL: [&str; 6] = ["n0", "n1", "n2", "n3", "n4", "n5"];
+const CHURN_NAMESPACES: usize = 3;
+const BACKGROUND_NADS: usize = 10;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// xorshift64*: no dependency, reproducible from the printed seed.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+    fn fork(&mut self) -> Rng {
+        Rng(self.next() | 1)
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    operations: AtomicU64,
+    pods_created: AtomicU64,
+    races: AtomicU64,
+    races_refused: AtomicU64,
+    kills: AtomicU64,
+    deletions_checked: AtomicU64,
+    refusals: AtomicU64,
+    namespaces_deleted: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Chaos {
+    client: Client,
+    start: Instant,
+    stop: AtomicBool,
+    counts: Counts,
+    /// The test's own record: pod `ns/name` → the NADs (`ns/name`) its
+    /// annotations name, written before the pod is created.
+    record: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// The annotations each pod was created with, for the report.
+    written: Mutex<HashMap<String, String>>,
+    /// Pods created and not yet deleted, by namespace.
+    live: Mutex<HashMap<String, Vec<String>>>,
+    churn: Vec<String>,
+    /// NADs (ns, name) of the namespace being deleted now, which pods of
+    /// other namespaces are to name.
+    doomed: Mutex<Vec<(String, String)>>,
+    names: AtomicU64,
+    violations: Mutex<Vec<String>>,
+    /// For diagnosis: when each NAD (`ns/name`) was last seen losing the
+    /// finalizer (resourceVersion, seconds since start).
+    released: Mutex<HashMap<String, (String, f64)>>,
+}
+
+impl Chaos {
+    fn t(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+    fn name(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.names.fetch_add(1, Relaxed))
+    }
+    fn error(&self, what: String) {
+        let n = self.counts.errors.fetch_add(1, Relaxed);
+        if n < 20 {
+            println!("[{:7.2}] error (not a violation): {what}", self.t());
+        }
+    }
+    async fn sleep_ms(&self, ms: u64) {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while !self.stopped() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100.min(ms))).await;
+        }
+    }
+
+    /// Creates a pod naming `refs` (ns, name) in a random Multus form,
+    /// recording first what it names. Some(true) when created, Some(false)
+    /// when the pod policy refused it, None on another error.
+    async fn create_user(
+        &self,
+        rng: &mut Rng,
+        ns: &str,
+        pod: &str,
+        refs: &[(String, String)],
+    ) -> Option<bool> {
+        let (annotations, named) = multus_annotations(rng, ns, refs);
+        self.written
+            .lock()
+            .unwrap()
+            .insert(format!("{ns}/{pod}"), annotations.to_string());
+        self.record
+            .lock()
+            .unwrap()
+            .insert(format!("{ns}/{pod}"), named);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        self.counts.operations.fetch_add(1, Relaxed);
+        match api
+            .create(&PostParams::default(), &pod_body(pod, annotations))
+            .await
+        {
+            Ok(_) => {
+                self.counts.pods_created.fetch_add(1, Relaxed);
+                self.live
+                    .lock()
+                    .unwrap()
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push(pod.to_string());
+                Some(true)
+            }
+            Err(e) if refusal(&e).is_some() => {
+                self.counts.refusals.fetch_add(1, Relaxed);
+                Some(false)
+            }
+            Err(e) => {
+                self.error(format!("create pod {ns}/{pod}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Plays the kubelet: Running, Succeeded or Failed (or stays Pending).
+    async fn set_phase(&self, rng: &mut Rng, ns: &str, pod: &str) {
+        let phase = match rng.below(100) {
+            0..60 => "Running",
+            60..75 => "Succeeded",
+            75..88 => "Failed",
+            _ => return,
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let status = json!({"status": {"phase": phase}});
+        self.counts.operations.fetch_add(1, Relaxed);
+        if let Err(e) = api
+            .patch_status(pod, &PatchParams::default(), &Patch::Merge(status))
+            .await
+        {
+            self.error(format!("set {ns}/{pod} {phase}: {e}"));
+        }
+    }
+
+    async fn delete_pod(&self, ns: &str, pod: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        self.counts.operations.fetch_add(1, Relaxed);
+        match api.delete(pod, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => self.error(format!("delete pod {ns}/{pod}: {e}")),
+        }
+        if let Some(v) = self.live.lock().unwrap().get_mut(ns) {
+            v.retain(|p| p != pod);
+        }
+    }
+
+    fn violation(&self, v: String) {
+        println!("[{:7.2}] VIOLATION: {v}", self.t());
+        self.violations.lock().unwrap().push(v);
+    }
+}
+
+/// The annotations naming `refs` from a pod of `ns`, in a random form, and
+/// the NADs (`ns/name`) they name.
+fn multus_annotations(
+    rng: &mut Rng,
+    ns: &str,
+    refs: &[(String, String)],
+) -> (serde_json::Value, BTreeSet<String>) {
+    let named: BTreeSet<String> = refs.iter().map(|(n, x)| format!("{n}/{x}")).collect();
+    let mut annotations = serde_json::Map::new();
+    // The default network takes the first NAD now and then (always with
+    // its namespace: without one it would be the Multus namespace's).
+    let (default, rest) = if rng.chance(15) {
+        (Some(&refs[0]), &refs[1..])
+    } else {
+        (None, refs)
+    };
+    if let Some((n, x)) = default {
+        let v = if rng.chance(50) {
+            format!("{n}/{x}")
+        } else {
+            format!(r#"[{{"name":"{x}","namespace":"{n}"}}]"#)
+        };
+        annotations.insert(DEFAULT_NETWORK.into(), json!(v));
+    }
+    if !rest.is_empty() {
+        let v = if rng.chance(50) {
+            // Comma form: name, ns/name, name@iface, ns/name@iface.
+            rest.iter()
+                .enumerate()
+                .map(|(i, (n, x))| {
+                    let mut item = if n == ns && rng.chance(50) {
+                        x.clone()
+                    } else {
+                        format!("{n}/{x}")
+                    };
+                    if rng.chance(40) {
+                        item.push_str(&format!("@net{}", i + 1));
+                    }
+                    item
+                })
+                .collect::<Vec<_>>()
+                .join(if rng.chance(50) { "," } else { ", " })
+        } else {
+            // JSON list: name, namespace (left out for the pod's own), interface.
+            let items: Vec<serde_json::Value> = rest
+                .iter()
+                .enumerate()
+                .map(|(i, (n, x))| {
+                    let mut o = serde_json::Map::new();
+                    o.insert("name".into(), json!(x));
+                    if n != ns || rng.chance(50) {
+                        o.insert("namespace".into(), json!(n));
+                    }
+                    if rng.chance(40) {
+                        o.insert("interface".into(), json!(format!("net{}", i + 1)));
+                    }
+                    serde_json::Value::Object(o)
+                })
+                .collect();
+            serde_json::Value::Array(items).to_string()
+        };
+        annotations.insert(NETWORKS.into(), json!(v));
+    }
+    (serde_json::Value::Object(annotations), named)
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Random pods in the churn namespaces, naming NADs of the pool, now and
+/// then of other churn namespaces and of the namespace being deleted;
+/// their phase set; pods deleted.
+async fn pod_churn(c: Arc<Chaos>, mut rng: Rng) {
+    while !c.stopped() {
+        let ns = rng.pick(&c.churn).clone();
+        let live: Vec<String> = c.live.lock().unwrap().get(&ns).cloned().unwrap_or_default();
+        if !live.is_empty() && (live.len() > 40 || rng.chance(35)) {
+            let pod = rng.pick(&live).clone();
+            c.delete_pod(&ns, &pod).await;
+        } else if !live.is_empty() && rng.chance(10) {
+            let pod = rng.pick(&live).clone();
+            c.set_phase(&mut rng, &ns, &pod).await;
+        } else {
+            let doomed = c.doomed.lock().unwrap().clone();
+            let count = 1 + rng.below(3);
+            let refs: Vec<(String, String)> = (0..count)
+                .map(|_| {
+                    if !doomed.is_empty() && rng.chance(25) {
+                        rng.pick(&doomed).clone()
+                    } else {
+                        let target = if rng.chance(70) {
+                            ns.clone()
+                        } else {
+                            rng.pick(&c.churn).clone()
+                        };
+                        (target, rng.pick(&POOL).to_string())
+                    }
+                })
+                .collect();
+            let pod = c.name("p");
+            if c.create_user(&mut rng, &ns, &pod, &refs).await == Some(true) {
+                c.set_phase(&mut rng, &ns, &pod).await;
+            }
+        }
+        c.sleep_ms(20 + rng.below(120)).await;
+    }
+}
+
+/// NADs of the pool created and deleted.
+async fn nad_churn(c: Arc<Chaos>, mut rng: Rng) {
+    while !c.stopped() {
+        let ns = rng.pick(&c.churn).clone();
+        let name = rng.pick(&POOL).to_string();
+        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(c.client.clone(), &ns);
+        c.counts.operations.fetch_add(1, Relaxed);
+        match api.get_opt(&name).await {
+            Ok(None) => {
+                if let Err(e) = api.create(&PostParams::default(), &nad_body(&name)).await {
+                    c.error(format!("create NAD {ns}/{name}: {e}"));
+                }
+            }
+            Ok(Some(n)) if n.metadata.deletion_timestamp.is_none() && rng.chance(60) => {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => c.error(format!("delete NAD {ns}/{name}: {e}")),
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(e) => c.error(format!("get NAD {ns}/{name}: {e}")),
+        }
+        c.sleep_ms(100 + rng.below(300)).await;
+    }
+}
+
+fn nad_body(name: &str) -> NetworkAttachmentDefinition {
+    let config = json!({"cniVersion": "0.3.1", "name": name, "type": "bridge"});
+    serde_json::from_value(json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name}, "spec": {"config": config.to_string()}
+    }))
+    .unwrap()
+}
+
+/// Release races: a NAD held by one pod is deleted, its user goes, and a new
+/// user is created 0 to 1.2 s later.
+async fn races(c: Arc<Chaos>, mut rng: Rng) {
+    while !c.stopped() {
+        let ns = rng.pick(&c.churn).clone();
+        let name = c.name("race");
+        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(c.client.clone(), &ns);
+        c.counts.operations.fetch_add(1, Relaxed);
+        if let Err(e) = api.create(&PostParams::default(), &nad_body(&name)).await {
+            c.error(format!("create NAD {ns}/{name}: {e}"));
+            c.sleep_ms(500).await;
+            continue;
+        }
+        let target = vec![(ns.clone(), name.clone())];
+        let holder_ns = rng.pick(&c.churn).clone();
+        let holder = c.name("holder");
+        if c.create_user(&mut rng, &holder_ns, &holder, &target).await != Some(true) {
+            continue;
+        }
+        // Protected and in use (the operator may be restarting: bounded).
+        let ready = Instant::now();
+        let mut protected = false;
+        while !c.stopped() && ready.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(n)) = api.get_opt(&name).await {
+                let held = n.finalizers().iter().any(|f| f == FINALIZER);
+                let used = n.labels().get(IN_USE).is_some_and(|v| v == "true");
+                if held && used {
+                    protected = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !protected {
+            continue;
+        }
+        c.counts.operations.fetch_add(1, Relaxed);
+        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+            c.error(format!("delete NAD {ns}/{name}: {e}"));
+            continue;
+        }
+        c.delete_pod(&holder_ns, &holder).await;
+        let delay = rng.below(1200);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let user_ns = rng.pick(&c.churn).clone();
+        let user = c.name("late");
+        let outcome = c.create_user(&mut rng, &user_ns, &user, &target).await;
+        c.counts.races.fetch_add(1, Relaxed);
+        match outcome {
+            Some(false) => {
+                c.counts.races_refused.fetch_add(1, Relaxed);
+            }
+            Some(true) if rng.chance(80) => {
+                let status = json!({"status": {"phase": "Running"}});
+                let pods: Api<Pod> = Api::namespaced(c.client.clone(), &user_ns);
+                let _ = pods
+                    .patch_status(&user, &PatchParams::default(), &Patch::Merge(status))
+                    .await;
+            }
+            Some(true) => {}
+            None => {}
+        }
+        c.sleep_ms(rng.below(300)).await;
+    }
+}
+
+/// SIGKILL and restart of the operator every 30 to 45 s.
+async fn kills(c: Arc<Chaos>, op: &'static Operator, mut rng: Rng) {
+    loop {
+        c.sleep_ms(30_000 + rng.below(15_000)).await;
+        if c.stopped() {
+            return;
+        }
+        let at = c.t();
+        op.restart(&c.client).await;
+        let n = c.counts.kills.fetch_add(1, Relaxed) + 1;
+        println!(
+            "[{at:7.2}] kill {n}: operator SIGKILLed, ready again after {:.2} s (pid {:?})",
+            c.t() - at,
+            op.pid()
+        );
+    }
+}
+
+/// Namespaces deleted while pods of the churn namespaces start naming their
+/// NADs: some unused (released early), one used by a pod of its own.
+async fn namespace_deletions(c: Arc<Chaos>, keep: Arc<Mutex<Vec<TestNs>>>, mut rng: Rng) {
+    c.sleep_ms(5_000 + rng.below(10_000)).await;
+    while !c.stopped() {
+        let t = TestNs::new(&c.client, "chaos-doomed").await;
+        let nads = ["d0", "d1", "d2", "d3"];
+        for n in nads {
+            if let Err(e) = t.nads().create(&PostParams::default(), &nad_body(n)).await {
+                c.error(format!("create NAD {}/{n}: {e}", t.ns));
+            }
+        }
+        let own = c.name("own");
+        c.create_user(&mut rng, &t.ns, &own, &[(t.ns.clone(), "d3".into())])
+            .await;
+        // Protected first (bounded: the operator may be restarting).
+        let ready = Instant::now();
+        while ready.elapsed() < Duration::from_secs(20) && t.protected_nads().await < nads.len() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        *c.doomed.lock().unwrap() = nads.iter().map(|n| (t.ns.clone(), n.to_string())).collect();
+        // Pods of other namespaces start naming its NADs, a burst of them
+        // besides the pod churn's, from before the delete to after.
+        let burst = {
+            let c = c.clone();
+            let doomed: Vec<(String, String)> = c.doomed.lock().unwrap().clone();
+            let mut rng = rng.fork();
+            tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(9);
+                while Instant::now() < until && !c.stopped() {
+                    let ns = rng.pick(&c.churn).clone();
+                    let refs = vec![rng.pick(&doomed).clone()];
+                    let pod = c.name("doomed-user");
+                    if c.create_user(&mut rng, &ns, &pod, &refs).await == Some(true)
+                        && rng.chance(60)
+                    {
+                        // Some of them go soon, so that their NADs can.
+                        c.set_phase(&mut rng, &ns, &pod).await;
+                        if rng.chance(50) {
+                            c.delete_pod(&ns, &pod).await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 + rng.below(150))).await;
+                }
+            })
+        };
+        c.sleep_ms(500 + rng.below(2500)).await;
+        c.counts.operations.fetch_add(1, Relaxed);
+        match Api::<Namespace>::all(c.client.clone())
+            .delete(&t.ns, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {
+                let n = c.counts.namespaces_deleted.fetch_add(1, Relaxed) + 1;
+                println!("[{:7.2}] namespace {} deleted ({n})", c.t(), t.ns);
+            }
+            Err(e) => c.error(format!("delete namespace {}: {e}", t.ns)),
+        }
+        let _ = burst.await;
+        c.doomed.lock().unwrap().clear();
+        keep.lock().unwrap().push(t);
+        c.sleep_ms(15_000 + rng.below(15_000)).await;
+    }
+}
+
+/// The oracle: every DELETED event of a NAD of ours, checked against the
+/// pods at exactly its resourceVersion.
+async fn oracle(c: Arc<Chaos>, mut rv: String, done: Arc<AtomicBool>) {
+    let nads: Api<NetworkAttachmentDefinition> = Api::all(c.client.clone());
+    loop {
+        let mut stream = match nads.watch(&WatchParams::default().timeout(60), &rv).await {
+            Ok(s) => s.boxed(),
+            Err(e) => {
+                c.error(format!("oracle watch from {rv}: {e}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.try_next()).await;
+            let event = match next {
+                Err(_) => {
+                    if done.load(Relaxed) {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Ok(Some(e))) => e,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    c.error(format!("oracle watch: {e}"));
+                    break;
+                }
+            };
+            match event {
+                WatchEvent::Added(n) | WatchEvent::Modified(n) => {
+                    rv = n.resource_version().unwrap_or(rv);
+                    let key = format!("{}/{}", n.namespace().unwrap_or_default(), n.name_any());
+                    let held = n.finalizers().iter().any(|f| f == FINALIZER);
+                    let mut released = c.released.lock().unwrap();
+                    if held {
+                        released.remove(&key);
+                    } else {
+                        released.entry(key).or_insert_with(|| (rv.clone(), c.t()));
+                    }
+                }
+                WatchEvent::Deleted(n) => {
+                    rv = n.resource_version().unwrap_or(rv);
+                    let ns = n.namespace().unwrap_or_default();
+                    if ns.starts_with("e2e-chaos") {
+                        check_deletion(&c, &ns, &n.name_any(), &rv).await;
+                    }
+                }
+                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                WatchEvent::Error(e) => {
+                    c.violation(format!(
+                        "the oracle's NAD watch failed at {rv} ({e:?}): deletions may be unchecked"
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn check_deletion(c: &Chaos, nad_ns: &str, nad: &str, rv: &str) {
+    let key = format!("{nad_ns}/{nad}");
+    // Every namespace with a pod the test ever made name this NAD.
+    let namespaces: BTreeSet<String> = c
+        .record
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, named)| named.contains(&key))
+        .filter_map(|(pod, _)| pod.split_once('/').map(|(ns, _)| ns.to_string()))
+        .collect();
+    let lp = ListParams::default().at(rv).matching(VersionMatch::Exact);
+    for ns in namespaces {
+        let pods: Api<Pod> = Api::namespaced(c.client.clone(), &ns);
+        let list = match pods.list(&lp).await {
+            Ok(l) => l,
+            Err(e) => {
+                c.violation(format!(
+                    "{key} deleted at resourceVersion {rv}: cannot list pods of {ns} at it: {e}"
+                ));
+                continue;
+            }
+        };
+        for pod in list.items {
+            let pod_key = format!("{ns}/{}", pod.name_any());
+            let names_it = c
+                .record
+                .lock()
+                .unwrap()
+                .get(&pod_key)
+                .is_some_and(|named| named.contains(&key));
+            if names_it && !terminal(&pod) {
+                let released = c.released.lock().unwrap().get(&key).cloned();
+                c.violation(format!(
+                    "{key} deleted at resourceVersion {rv} while pod {pod_key} (uid {:?}, phase {:?}, created {:?}, resourceVersion {:?}) named it; finalizer last seen removed at {released:?} (rv, s)",
+                    pod.metadata.uid,
+                    pod.status.as_ref().and_then(|s| s.phase.clone()),
+                    pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+                    pod.metadata.resource_version,
+                ));
+            }
+        }
+    }
+    c.released.lock().unwrap().remove(&key);
+    c.counts.deletions_checked.fetch_add(1, Relaxed);
+}
+
+/// What is wrong with the NADs of `namespaces` now, by the record: a NAD
+/// being deleted that no pod uses, one not being deleted without the
+/// finalizer (unless released early, unused, in a namespace being deleted),
+/// an in-use label that is not exact.
+async fn end_state_problems(c: &Chaos, namespaces: &[String]) -> Vec<String> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut nads = Vec::new();
+    let mut terminating = BTreeSet::new();
+    let ns_api: Api<Namespace> = Api::all(c.client.clone());
+    for ns in namespaces {
+        match ns_api.get_opt(ns).await {
+            Ok(Some(n)) if n.metadata.deletion_timestamp.is_some() => {
+                terminating.insert(ns.clone());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(e) => return vec![format!("get namespace {ns}: {e}")],
+        }
+        let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
+        let list = match pods.list(&ListParams::default()).await {
+            Ok(l) => l,
+            Err(e) => return vec![format!("list pods of {ns}: {e}")],
+        };
+        {
+            let record = c.record.lock().unwrap();
+            for pod in list.items.iter().filter(|p| !terminal(p)) {
+                let pod_key = format!("{ns}/{}", pod.name_any());
+                for nad in record.get(&pod_key).into_iter().flatten() {
+                    users.entry(nad.clone()).or_default().push(pod_key.clone());
+                }
+            }
+        }
+        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(c.client.clone(), ns);
+        match api.list_metadata(&ListParams::default()).await {
+            Ok(l) => nads.extend(l.items),
+            Err(e) => return vec![format!("list NADs of {ns}: {e}")],
+        }
+    }
+    let mut problems = Vec::new();
+    for n in nads {
+        let ns = n.namespace().unwrap_or_default();
+        let key = format!("{ns}/{}", n.name_any());
+        let used_by = users.get(&key).cloned().unwrap_or_default();
+        let used = !used_by.is_empty();
+        let held = n.finalizers().iter().any(|f| f == FINALIZER);
+        let labelled = n.labels().get(IN_USE).is_some_and(|v| v == "true");
+        let deleting = n.metadata.deletion_timestamp.is_some();
+        if deleting && !used {
+            problems.push(format!(
+                "{key} is being deleted and no pod uses it (finalizers {:?})",
+                n.finalizers()
+            ));
+            continue;
+        }
+        if deleting && !held {
+            problems.push(format!(
+                "{key} is being deleted without our finalizer while {used_by:?} use it"
+            ));
+        }
+        // Unused in a namespace being deleted, it may be released early.
+        let early = terminating.contains(&ns) && !used;
+        if !deleting && !held && !early {
+            problems.push(format!("{key} is not protected (used by {used_by:?})"));
+        }
+        if labelled != used {
+            let written = c.written.lock().unwrap();
+            let how: Vec<String> = used_by
+                .iter()
+                .map(|p| format!("{p}: {}", written.get(p).cloned().unwrap_or_default()))
+                .collect();
+            problems.push(format!(
+                "{key} (resourceVersion {:?}, labels {:?}): in-use label {labelled}, but used by {how:?}",
+                n.metadata.resource_version,
+                n.metadata.labels
+            ));
+        }
+    }
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: just e2e-local"]
+async fn chaos_no_nad_in_use_disappears() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    assert_eq!(
+        std::env::var("E2E_CONTROLLER").as_deref(),
+        Ok("local"),
+        "the chaos test SIGKILLs the operator: run it with E2E_CONTROLLER=local"
+    );
+    let duration = Duration::from_secs(env_u64("E2E_CHAOS_SECONDS", 150));
+    let background = env_u64("E2E_CHAOS_BACKGROUND", 1500);
+    let seed = env_u64(
+        "E2E_CHAOS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    println!("chaos: {duration:?}, {background} background pods, seed {seed} (E2E_CHAOS_SEED)");
+    let mut rng = Rng(seed | 1);
+
+    ensure_operator_namespace(&client).await;
+    let version = policy_version(&client).await.expect(
+        "the API server serves no ValidatingAdmissionPolicy: the chaos test needs the pod policy",
+    );
+    install_pod_policy(&client, version).await;
+    let _policy = PolicyGuard;
+    let op = Operator::ensure(&client).await;
+    assert_eq!(op.mode, Mode::Local);
+    operator_sees_policy(&client, op, true).await;
+    assert_policy_enforced(&client).await;
+    println!(
+        "pod policy installed ({version}), operator pid {:?}",
+        op.pid()
+    );
+
+    // Namespaces; the background first, so that the live LIST takes pages.
+    let bg = TestNs::new(&client, "chaos-bg").await;
+    let mut churn = Vec::new();
+    for _ in 0..CHURN_NAMESPACES {
+        churn.push(TestNs::new(&client, "chaos").await);
+    }
+    let c = Arc::new(Chaos {
+        client: client.clone(),
+        start: Instant::now(),
+        stop: AtomicBool::new(false),
+        counts: Counts::default(),
+        record: Mutex::default(),
+        written: Mutex::default(),
+        live: Mutex::default(),
+        churn: churn.iter().map(|t| t.ns.clone()).collect(),
+        doomed: Mutex::default(),
+        names: AtomicU64::new(0),
+        violations: Mutex::default(),
+        released: Mutex::default(),
+    });
+    for i in 0..BACKGROUND_NADS {
+        bg.nads()
+            .create(&PostParams::default(), &nad_body(&format!("bg{i}")))
+            .await
+            .expect("create a background NAD");
+    }
+    let made = Instant::now();
+    let mut brng = rng.fork();
+    type Plan = (String, Vec<(String, String)>, Rng);
+    let plans: Vec<Plan> = (0..background)
+        .map(|i| {
+            let refs = if brng.chance(30) {
+                vec![(
+                    bg.ns.clone(),
+                    format!("bg{}", brng.below(BACKGROUND_NADS as u64)),
+                )]
+            } else {
+                vec![]
+            };
+            (format!("bg-{i}"), refs, brng.fork())
+        })
+        .collect();
+    let created: usize = futures::stream::iter(plans)
+        .map(|(pod, refs, mut r)| {
+            let c = c.clone();
+            let ns = bg.ns.clone();
+            async move {
+                if refs.is_empty() {
+                    let api: Api<Pod> = Api::namespaced(c.client.clone(), &ns);
+                    c.record
+                        .lock()
+                        .unwrap()
+                        .insert(format!("{ns}/{pod}"), BTreeSet::new());
+                    api.create(&PostParams::default(), &pod_body(&pod, json!({})))
+                        .await
+                        .is_ok() as usize
+                } else {
+                    (c.create_user(&mut r, &ns, &pod, &refs).await == Some(true)) as usize
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    println!(
+        "{created} background pods created in {:.1} s",
+        made.elapsed().as_secs_f64()
+    );
+    assert!(
+        created as u64 >= background * 99 / 100,
+        "too few background pods"
+    );
+    c.live.lock().unwrap().remove(&bg.ns);
+    for t in &churn {
+        for n in &POOL[..3] {
+            t.nads()
+                .create(&PostParams::default(), &nad_body(n))
+                .await
+                .expect("create a pool NAD");
+        }
+    }
+
+    // The oracle watches from before the churn.
+    let rv = Api::<NetworkAttachmentDefinition>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let oracle_done = Arc::new(AtomicBool::new(false));
+    let oracle_task = tokio::spawn(oracle(c.clone(), rv, oracle_done.clone()));
+    let doomed_namespaces: Arc<Mutex<Vec<TestNs>>> = Arc::default();
+
+    let churn_start = c.t();
+    println!("[{churn_start:7.2}] churn starts");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(pod_churn(c.clone(), rng.fork())));
+    }
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(nad_churn(c.clone(), rng.fork())));
+    }
+    for _ in 0..3 {
+        tasks.push(tokio::spawn(races(c.clone(), rng.fork())));
+    }
+    tasks.push(tokio::spawn(kills(c.clone(), op, rng.fork())));
+    tasks.push(tokio::spawn(namespace_deletions(
+        c.clone(),
+        doomed_namespaces.clone(),
+        rng.fork(),
+    )));
+    let progress = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            while !c.stopped() {
+                c.sleep_ms(15_000).await;
+                println!(
+                    "[{:7.2}] ops {} races {} kills {} checked {} refusals {} violations {}",
+                    c.t(),
+                    c.counts.operations.load(Relaxed),
+                    c.counts.races.load(Relaxed),
+                    c.counts.kills.load(Relaxed),
+                    c.counts.deletions_checked.load(Relaxed),
+                    c.counts.refusals.load(Relaxed),
+                    c.violations.lock().unwrap().len()
+                );
+            }
+        })
+    };
+    tokio::time::sleep(duration).await;
+    c.stop.store(true, Relaxed);
+    for t in tasks {
+        t.await.expect("a chaos task panicked");
+    }
+    let _ = progress.await;
+    println!(
+        "[{:7.2}] churn stopped after {:.1} s",
+        c.t(),
+        c.t() - churn_start
+    );
+
+    // The operator settles: the end state, checked until it holds (bounded).
+    let mut namespaces: Vec<String> = c.churn.clone();
+    namespaces.push(bg.ns.clone());
+    namespaces.extend(
+        doomed_namespaces
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.ns.clone()),
+    );
+    let settle = Instant::now();
+    let mut problems;
+    loop {
+        problems = end_state_problems(&c, &namespaces).await;
+        if problems.is_empty() || settle.elapsed() > Duration::from_secs(90) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!(
+        "[{:7.2}] end state {} after {:.1} s",
+        c.t(),
+        if problems.is_empty() {
+            "holds"
+        } else {
+            "does NOT hold"
+        },
+        settle.elapsed().as_secs_f64()
+    );
+    for p in &problems {
+        c.violation(format!("end state: {p}"));
+    }
+    // Let the oracle check the deletions up to now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    oracle_done.store(true, Relaxed);
+    let _ = oracle_task.await;
+
+    let k = &c.counts;
+    let violations = c.violations.lock().unwrap().clone();
+    println!(
+        "CHAOS RESULT seed={seed} server-policy={version} duration={:.0}s background_pods={created} operations={} pods_created={} races={} (refused {}) kills={} namespaces_deleted={} deletions_checked={} refusals={} errors={} violations={}",
+        duration.as_secs_f64(),
+        k.operations.load(Relaxed),
+        k.pods_created.load(Relaxed),
+        k.races.load(Relaxed),
+        k.races_refused.load(Relaxed),
+        k.kills.load(Relaxed),
+        k.namespaces_deleted.load(Relaxed),
+        k.deletions_checked.load(Relaxed),
+        k.refusals.load(Relaxed),
+        k.errors.load(Relaxed),
+        violations.len()
+    );
+    if !violations.is_empty() {
+        println!(
+            "operator log: {}",
+            std::env::temp_dir()
+                .join(format!("nadc-e2e-operator-{}.log", std::process::id()))
+                .display()
+        );
+    }
+    assert!(
+        violations.is_empty(),
+        "{} violation(s):\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert!(k.kills.load(Relaxed) >= 1 || duration < Duration::from_secs(45));
+    assert!(
+        k.deletions_checked.load(Relaxed) > 0,
+        "no deletion was checked"
+    );
+    assert!(
+        k.refusals.load(Relaxed) > 0,
+        "no pod was ever refused: the pod policy was not enforced"
+    );
+}
