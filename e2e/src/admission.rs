@@ -121,6 +121,15 @@ pub async fn install_pod_policy(client: &Client, version: &str) {
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(include_str!("../../manifests/pod-admission-policy.yaml"))
             .expect("parse manifests/pod-admission-policy.yaml");
+    // A disarmed binding warns (`disarm_pod_policy`): validationActions is
+    // a set, which server-side apply would merge into [Warn, Deny], which
+    // the API server refuses. A merge patch replaces it first.
+    for version in ["v1", "v1beta1"] {
+        let deny = json!({"spec": {"validationActions": ["Deny"]}});
+        let _ = bindings(client, version)
+            .patch(POD_POLICY, &PatchParams::default(), &Patch::Merge(&deny))
+            .await;
+    }
     let ssa = PatchParams::apply("nadc-e2e").force();
     for kind in [
         "ValidatingAdmissionPolicy",
@@ -155,8 +164,8 @@ pub async fn disarm_pod_policy(client: &Client) {
 }
 
 /// Panics unless the API server enforces the pod policy with the ConfigMap
-/// as it is now: a canary NAD, held by a finalizer of the test's, is
-/// deleted; the operator marks it, and a pod naming it must be refused
+/// as it is now: a canary NAD, protected by the operator and held by a
+/// finalizer of the test's, is deleted; the operator marks it, and a pod naming it must be refused
 /// within 30 s. Catches an API server whose param informer is frozen.
 pub async fn assert_policy_enforced(client: &Client) {
     let t = crate::TestNs::new(client, "canary").await;
@@ -170,6 +179,8 @@ pub async fn assert_policy_enforced(client: &Client) {
         .create(&PostParams::default(), &nad)
         .await
         .expect("create the canary NAD");
+    // The operator marks only the NADs it protects.
+    t.wait_protected("canary").await;
     t.delete_nad("canary").await;
     let start = Instant::now();
     let mut seen = None;

@@ -87,10 +87,12 @@ async fn refused(client: &Client, ns: &str, pod: &str, annotations: Value) -> St
         match create_pod_or_refusal(client, ns, pod, annotations.clone(), true).await {
             Err(_) => break,
             Ok(_) => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "pod {ns}/{pod} ({annotations}) is still admitted (dry run) after 30 s"
-                );
+                if start.elapsed() > Duration::from_secs(30) {
+                    let state = admission_state(client).await;
+                    panic!(
+                        "pod {ns}/{pod} ({annotations}) is still admitted (dry run) after 30 s; the ConfigMap reads {state:?}"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
