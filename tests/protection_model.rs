@@ -297,6 +297,9 @@ struct ApiState {
     /// the policy, modelled as in force, refuses a pod that Multus would
     /// attach to a NAD listed there.
     admission: Option<BTreeMap<String, String>>,
+    /// uids of NADs that have held our finalizer: the promise covers a NAD
+    /// once the operator has seen it (the finalizer goes on at sight).
+    protected: BTreeSet<String>,
 }
 
 fn view(pod: &Value) -> PodView {
@@ -400,6 +403,11 @@ impl ApiState {
                 .cloned()
                 .unwrap_or_default()
         };
+        if finalizers(&doc).iter().any(|f| f == FINALIZER)
+            && let Some(uid) = doc["metadata"]["uid"].as_str()
+        {
+            self.protected.insert(uid.to_string());
+        }
         let deleting = current["metadata"]["deletionTimestamp"].is_string();
         if deleting
             && finalizers(&doc)
@@ -862,7 +870,13 @@ async fn run(steps: Vec<Step>) {
                     .cloned()
                     .collect();
                 for key in nads {
-                    api.delete_nad(&key, true, "2026-11-27T11:00:05Z");
+                    // A NAD the operator never saw (created, then taken with
+                    // its namespace before any reconcile) never held our
+                    // finalizer: not the promise's business, as DeleteNad.
+                    let seen = api.nads[&key]["metadata"]["uid"]
+                        .as_str()
+                        .is_some_and(|uid| api.protected.contains(uid));
+                    api.delete_nad(&key, seen, "2026-11-27T11:00:05Z");
                 }
             }
             Step::ReconcileTogether { a, b } => {
