@@ -13,7 +13,7 @@ use super::tracker::SliceTracker;
 use super::watch::{OtherSlices, OurSlices, ServiceWatch, slice_watches};
 use crate::model::ObjectKey;
 use crate::runtime::events::{LastNotes, note_changed};
-use crate::runtime::{Shared, telemetry};
+use crate::runtime::{Shared, shutdown, telemetry};
 use crate::{Error, Result, names};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
@@ -299,7 +299,7 @@ pub async fn run(
     services: ServiceWatch,
     triggers: impl Stream<Item = ObjectKey> + Send + 'static,
     resync_all: impl Stream<Item = ()> + Send + 'static,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let watches = slice_watches(shared.client.clone(), services.store.clone());
     let ctx = Arc::new(Context::new(shared, watches.ours, watches.others));
@@ -312,23 +312,26 @@ pub async fn run(
         let ctx = orphans_ctx.clone();
         async move { delete_orphans(&ctx, &svc).await }
     });
+    let stopped_store = services.store.clone();
     let controller = Controller::for_stream(services.events, services.store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(refs)
         .reconcile_on(slice_refs)
         .reconcile_all_on(resync_all)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "secondary-endpoints");
             }
         });
-    // The orphan sweep and the slice watches end with the controller.
+    // The orphan sweep and the slice watches end with the controller; a
+    // shutdown before the Service cache is ready ends it at once.
     tokio::select! {
         _ = controller => {}
         _ = orphans => {}
         _ = watches.feeding => {}
+        _ = shutdown::before_ready(shutdown, stopped_store) => {}
     }
 }
 

@@ -10,7 +10,7 @@ use super::live::{LiveResult, SharedList, live_users};
 use super::tracker::NadWrites;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey};
 use crate::runtime::events::{LastNotes, note_changed};
-use crate::runtime::{Shared, telemetry};
+use crate::runtime::{Shared, shutdown, telemetry};
 use crate::{Error, Result, names};
 use backon::Retryable;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -455,7 +455,7 @@ async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
 pub async fn run(
     shared: Shared,
     triggers: impl Stream<Item = ObjectKey> + Send + 'static,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     // An Api over PartialObjectMeta makes metadata-only requests: a NAD
     // whose spec is malformed can never break this watch.
@@ -542,6 +542,7 @@ pub async fn run(
     );
     let upkeep = keep_admission_state(ctx.clone(), gone_rx, policy_triggers);
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
+    let stopped_store = reader.clone();
     let controller = Controller::for_stream(stream, reader)
         // Unbounded here: `API_CONCURRENCY` bounds the reconciles that call
         // the API server, and a reconcile waiting for the shared live LIST
@@ -549,7 +550,7 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(0))
         .reconcile_on(refs)
         .reconcile_on(ns_triggered)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -557,12 +558,13 @@ pub async fn run(
             }
         });
     // The namespace watch, the policy check and the upkeep end with the
-    // controller.
+    // controller; a shutdown before the NAD cache is ready ends it at once.
     tokio::select! {
         _ = controller => {}
         _ = namespaces => {}
         _ = policy => {}
         _ = upkeep => {}
+        _ = shutdown::before_ready(shutdown, stopped_store) => {}
     }
 }
 

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod metrics;
 pub mod permissions;
 pub mod retry;
+pub mod shutdown;
 pub mod telemetry;
 
 use crate::{index::PodIndex, names};
