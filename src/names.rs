@@ -17,13 +17,19 @@ pub const ALLOW_DELETE_IN_USE_ANNOTATION: &str = "k8s.cni.cncf.io/allow-delete-i
 /// Name of the ValidatingAdmissionPolicy and its binding.
 pub const ADMISSION_POLICY: &str = "net-attach-def-in-use-protection";
 
+/// The ValidatingAdmissionPolicy (and binding) refusing the delete of a NAD
+/// that the operator has not yet given its finalizer
+/// (`manifests/admission-policy.yaml`).
+pub const PROTECTION_PENDING_POLICY: &str = "net-attach-def-protection-pending";
+
 /// Name of the ValidatingAdmissionPolicy (and its binding) that refuses a
 /// pod naming a NAD no new pod may use: one being deleted, or one released
 /// early because its namespace is being deleted.
 pub const POD_ADMISSION_POLICY: &str = "net-attach-def-pod-admission";
 
 /// ConfigMap, in the operator's namespace, that the pod admission policy
-/// reads as its param. Each NAD no new pod may use has the key
+/// (and the protection-pending policy, for NADs released early) reads as
+/// its param. Each NAD no new pod may use has the key
 /// `<namespace>.<name>` (unambiguous: a namespace has no dot), whose value
 /// says why, as it reads in the refusal ("being deleted"). The operator
 /// writes a NAD's key *before* it releases the NAD's finalizer.

@@ -253,7 +253,7 @@ fn each_overlay_does_what_it_promises() {
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
     assert_eq!(env(&d, "RUST_LOG").as_deref(), Some("info,nadc=debug"));
 
-    // Both admission policies (NAD delete, pod create) ship with base; the
+    // The admission policies (two on NAD delete, one on pod create) ship with base; the
     // pre-1.30 overlay has none of them; v1beta1-admission serves them all
     // as v1beta1 (Kubernetes 1.28 and 1.29) and is otherwise base.
     let policy_kinds = [
@@ -290,6 +290,7 @@ fn each_overlay_does_what_it_promises() {
     for kind in policy_kinds {
         for name in [
             nadc::names::ADMISSION_POLICY,
+            nadc::names::PROTECTION_PENDING_POLICY,
             nadc::names::POD_ADMISSION_POLICY,
         ] {
             want.push((kind.to_string(), name.to_string(), String::new()));

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 
 /// The policy's and its binding's name.
 pub const POD_POLICY: &str = "net-attach-def-pod-admission";
+/// The NAD delete policy that reads the same ConfigMap: a NAD without the
+/// operator's finalizer is not deleted (`manifests/admission-policy.yaml`).
+/// Installed and disarmed with the pod policy.
+pub const PENDING_POLICY: &str = "net-attach-def-protection-pending";
 /// The ConfigMap the policy reads, in the operator's namespace.
 pub const STATE_CONFIGMAP: &str = "nad-admission-state";
 /// The reasons the operator writes as values, as they read in the refusal.
@@ -115,19 +119,29 @@ pub async fn ensure_operator_namespace(client: &Client) {
     }
 }
 
-/// Installs the shipped pod policy and its binding, as they are in the
-/// manifest, under `version`.
+/// Installs the shipped policies that read the operator's ConfigMap, and
+/// their bindings, as they are in the manifests, under `version`: the pod
+/// policy, and the NAD delete policy that refuses a NAD not yet protected.
 pub async fn install_pod_policy(client: &Client, version: &str) {
-    let docs: Vec<Value> =
+    let pod: Vec<Value> =
         serde_saphyr::from_multiple(include_str!("../../manifests/pod-admission-policy.yaml"))
             .expect("parse manifests/pod-admission-policy.yaml");
+    let delete: Vec<Value> =
+        serde_saphyr::from_multiple(include_str!("../../manifests/admission-policy.yaml"))
+            .expect("parse manifests/admission-policy.yaml");
+    for (docs, name) in [(&pod, POD_POLICY), (&delete, PENDING_POLICY)] {
+        install_policy(client, version, docs, name).await;
+    }
+}
+
+async fn install_policy(client: &Client, version: &str, docs: &[Value], name: &str) {
     // A disarmed binding warns (`disarm_pod_policy`): validationActions is
     // a set, which server-side apply would merge into [Warn, Deny], which
     // the API server refuses. A merge patch replaces it first.
     for version in ["v1", "v1beta1"] {
         let deny = json!({"spec": {"validationActions": ["Deny"]}});
         let _ = bindings(client, version)
-            .patch(POD_POLICY, &PatchParams::default(), &Patch::Merge(&deny))
+            .patch(name, &PatchParams::default(), &Patch::Merge(&deny))
             .await;
     }
     let ssa = PatchParams::apply("nadc-e2e").force();
@@ -137,8 +151,8 @@ pub async fn install_pod_policy(client: &Client, version: &str) {
     ] {
         let mut doc = docs
             .iter()
-            .find(|d| d["kind"] == kind)
-            .unwrap_or_else(|| panic!("the manifest has no {kind}"))
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the manifests have no {kind} {name}"))
             .clone();
         doc["apiVersion"] = json!(format!("admissionregistration.k8s.io/{version}"));
         let api = if kind == "ValidatingAdmissionPolicy" {
@@ -146,20 +160,23 @@ pub async fn install_pod_policy(client: &Client, version: &str) {
         } else {
             bindings(client, version)
         };
-        api.patch(POD_POLICY, &ssa, &Patch::Apply(&doc))
+        api.patch(name, &ssa, &Patch::Apply(&doc))
             .await
-            .unwrap_or_else(|e| panic!("install the shipped {kind} as {version}: {e}"));
+            .unwrap_or_else(|e| panic!("install the shipped {kind} {name} as {version}: {e}"));
     }
 }
 
-/// Takes the pod policy out of force without deleting its binding (see the
-/// module's note): the binding, if there is one, only warns from now on.
+/// Takes the policies `install_pod_policy` installs out of force without
+/// deleting their bindings (see the module's note): the bindings, if there
+/// are any, only warn from now on.
 pub async fn disarm_pod_policy(client: &Client) {
     let patch = json!({"spec": {"validationActions": ["Warn"]}});
-    for version in ["v1", "v1beta1"] {
-        let _ = bindings(client, version)
-            .patch(POD_POLICY, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
+    for name in [POD_POLICY, PENDING_POLICY] {
+        for version in ["v1", "v1beta1"] {
+            let _ = bindings(client, version)
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
     }
 }
 
@@ -305,26 +322,29 @@ pub async fn create_pod_or_refusal(
     }
 }
 
-/// Disarms the pod policy when dropped (also on panic), so that the
-/// cluster-wide binding does not refuse pods of later tests; never deletes
-/// it (see the module's note). Through kubectl: Drop may run while the
+/// Disarms the policies of `install_pod_policy` when dropped (also on
+/// panic), so that their cluster-wide bindings do not refuse pods or NAD
+/// deletes of later tests; never deletes them
+/// (see the module's note). Through kubectl: Drop may run while the
 /// test's runtime unwinds, where the test's client cannot be used (see
 /// `cleanup_namespace`).
 pub struct PolicyGuard;
 
 impl Drop for PolicyGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .args([
-                "patch",
-                "validatingadmissionpolicybinding",
-                POD_POLICY,
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"validationActions":["Warn"]}}"#,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        for name in [POD_POLICY, PENDING_POLICY] {
+            let _ = std::process::Command::new("kubectl")
+                .args([
+                    "patch",
+                    "validatingadmissionpolicybinding",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"spec":{"validationActions":["Warn"]}}"#,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! against a real API server, with the operator keeping its ConfigMap: a pod
 //! naming a NAD being deleted, or one released early because its namespace
 //! is being deleted, is refused with a message naming the NAD; other pods
-//! are admitted; without the policy no NAD is released early.
+//! are admitted; without the policy no NAD is released early. And the NAD
+//! delete policy that reads the same ConfigMap: a NAD the operator has not
+//! protected yet is not deleted.
 //!
 //! The shipped binding covers every pod of the cluster, so this binary runs
 //! on its own (`just e2e-local` runs it after `e2e` and `protection`, whose
@@ -30,11 +32,13 @@ const FINALIZER: &str = "k8s.cni.cncf.io/net-attach-def-protection";
 /// The tests of this binary take turns: the policy is cluster-wide.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Fields drop in order: the policy is disarmed before the next test may
+/// take its turn (and arm it).
 struct Stage {
     client: Client,
     _op: &'static Operator,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
     _policy: Option<PolicyGuard>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// The cluster, with the pod policy installed (`policy`) or not, and the
@@ -72,8 +76,8 @@ async fn stage(policy: bool) -> Option<Stage> {
     Some(Stage {
         client,
         _op: op,
-        _turn: turn,
         _policy: guard,
+        _turn: turn,
     })
 }
 
@@ -398,4 +402,51 @@ async fn without_the_pod_policy_no_nad_is_released_early_and_the_finalizer_holds
     .await;
     t.delete_pod("late").await;
     t.wait_nad_gone("x").await;
+}
+
+/// A NAD the operator has not given its finalizer yet (created while it is
+/// down) cannot be deleted: the delete is refused with a message that says
+/// why and what to do, even when no pod uses the NAD, since nothing could
+/// tell. Once the operator is back and protects it, the same delete goes
+/// through the finalizer.
+#[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
+async fn a_nad_not_yet_protected_cannot_be_deleted() {
+    let Some(s) = stage(true).await else {
+        return;
+    };
+    let client = &s.client;
+    let t = TestNs::new(client, "pending").await;
+    let op = Operator::ensure(client).await;
+    let lifecycle = op.lifecycle().await;
+    op.stop(client).await;
+    t.create_nad("early").await;
+    t.create_user("user", "early").await;
+    let refusal = match t.nads().delete("early", &DeleteParams::default()).await {
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => e.message,
+        other => {
+            op.start(client).await;
+            panic!("deleting an unprotected NAD: expected a refusal, got {other:?}")
+        }
+    };
+    op.start(client).await;
+    drop(lifecycle);
+    assert!(
+        refusal.contains(&format!(
+            "NetworkAttachmentDefinition {}/early is not protected yet",
+            t.ns
+        )) && refusal.contains(FINALIZER)
+            && refusal.contains("Retry in a few seconds"),
+        "{refusal}"
+    );
+    t.wait_protected("early").await;
+    t.delete_nad("early").await;
+    consistently(
+        "early stays while user uses it",
+        Duration::from_secs(3),
+        || async { t.has_finalizer("early").await == Some(true) },
+    )
+    .await;
+    t.delete_pod("user").await;
+    t.wait_nad_gone("early").await;
 }
