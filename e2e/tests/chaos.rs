@@ -2,7 +2,8 @@
 //! form, release races, a namespace deleted while pods of other namespaces
 //! start naming its NADs, and the operator SIGKILLed and restarted every 30
 //! to 45 s, over 1,500 background pods (the operator's live LIST of pods
-//! takes pages), with the pod admission policy in force.
+//! takes pages), with the pod admission policy and the protection-pending
+//! NAD delete policy in force.
 //!
 //! The oracle: a watch of NADs from before the churn; at each DELETED event,
 //! the pods at exactly that resourceVersion (`resourceVersionMatch=Exact`).
@@ -11,14 +12,18 @@
 //! operator's code), is a violation. Then, once the churn stops and the
 //! operator settles: no NAD being deleted without a user, every other NAD
 //! protected (or released early in a namespace being deleted, unused), the
-//! in-use label exact.
+//! in-use label exact, and the slices exact: for each opted-in Service,
+//! every EndpointSlice under its name (what kube-proxy reads, whoever wrote
+//! it) holds exactly the addresses the test wrote into its pods'
+//! network-status for the Service's network, with the readiness it wrote.
 //!
 //! `E2E_CHAOS_SECONDS` (default 150), `E2E_CHAOS_BACKGROUND` (default 1500
 //! pods), `E2E_CHAOS_SEED`. Needs the local operator (`E2E_CONTROLLER=local`:
 //! it is SIGKILLed) and runs alone (the pod policy binding is cluster-wide).
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, VersionMatch, WatchEvent,
     WatchParams,
@@ -41,6 +46,11 @@ const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 const DEFAULT_NETWORK: &str = "v1.multus-cni.io/default-network";
 const FINALIZER: &str = "k8s.cni.cncf.io/net-attach-def-protection";
 const IN_USE: &str = "k8s.cni.cncf.io/in-use";
+const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+const SELECTOR: &str = "k8s.v1.cni.cncf.io/selector";
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// The label every churn pod carries, which the Services select.
+const APP: (&str, &str) = ("app", "chaos");
 /// NAD names each churn namespace draws from.
 const POOL: [&str; 6] = ["n0", "n1", "n2", "n3", "n4", "n5"];
 const CHURN_NAMESPACES: usize = 3;
@@ -88,6 +98,8 @@ struct Counts {
     deletions_checked: AtomicU64,
     refusals: AtomicU64,
     namespaces_deleted: AtomicU64,
+    /// NAD deletes refused because the operator had not protected the NAD yet.
+    deletes_refused: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -112,6 +124,30 @@ struct Chaos {
     /// For diagnosis: when each NAD (`ns/name`) was last seen losing the
     /// finalizer (resourceVersion, seconds since start).
     released: Mutex<HashMap<String, (String, f64)>>,
+    /// The NAD each pod names as its default network (Multus marks its
+    /// network-status entry `default: true`, which a Service never serves).
+    defaults: Mutex<HashMap<String, String>>,
+    /// What the test played Multus and the kubelet into, per pod: the
+    /// address of each attachment and the Ready condition.
+    attached: Mutex<HashMap<String, Attached>>,
+    /// Pods whose network-status or status write failed: the server may
+    /// hold either version, so the slice check leaves them out, with every
+    /// address ever written for them.
+    uncertain: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Pods with a network-status or status write in flight (one at a time
+    /// per pod, so that the record is the server's last write).
+    busy: Mutex<BTreeSet<String>>,
+    /// The opted-in Services: (namespace, name, network `ns/name`,
+    /// publishNotReadyAddresses).
+    services: Vec<(String, String, String, bool)>,
+    addresses: AtomicU64,
+}
+
+/// A pod as the test attached it: address per NAD (`ns/name`), and Ready.
+#[derive(Clone, Default)]
+struct Attached {
+    ips: BTreeMap<String, String>,
+    ready: bool,
 }
 
 impl Chaos {
@@ -147,21 +183,21 @@ impl Chaos {
         pod: &str,
         refs: &[(String, String)],
     ) -> Option<bool> {
-        let (annotations, named) = multus_annotations(rng, ns, refs);
+        let (annotations, named, default) = multus_annotations(rng, ns, refs);
+        let key = format!("{ns}/{pod}");
         self.written
             .lock()
             .unwrap()
-            .insert(format!("{ns}/{pod}"), annotations.to_string());
-        self.record
-            .lock()
-            .unwrap()
-            .insert(format!("{ns}/{pod}"), named);
+            .insert(key.clone(), annotations.to_string());
+        self.record.lock().unwrap().insert(key.clone(), named);
+        if let Some(d) = default {
+            self.defaults.lock().unwrap().insert(key, d);
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let mut body = pod_body(pod, annotations);
+        body.metadata.labels = Some([(APP.0.to_string(), APP.1.to_string())].into());
         self.counts.operations.fetch_add(1, Relaxed);
-        match api
-            .create(&PostParams::default(), &pod_body(pod, annotations))
-            .await
-        {
+        match api.create(&PostParams::default(), &body).await {
             Ok(_) => {
                 self.counts.pods_created.fetch_add(1, Relaxed);
                 self.live
@@ -184,6 +220,9 @@ impl Chaos {
     }
 
     /// Plays the kubelet: Running, Succeeded or Failed (or stays Pending).
+    /// Running is played with Multus first: a network-status with a new
+    /// address on each NAD the pod names, then the phase and a Ready
+    /// condition, both recorded once the server took them.
     async fn set_phase(&self, rng: &mut Rng, ns: &str, pod: &str) {
         let phase = match rng.below(100) {
             0..60 => "Running",
@@ -191,15 +230,96 @@ impl Chaos {
             75..88 => "Failed",
             _ => return,
         };
+        let key = format!("{ns}/{pod}");
+        if !self.busy.lock().unwrap().insert(key.clone()) {
+            return;
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let status = json!({"status": {"phase": phase}});
+        let mut status = json!({"status": {"phase": phase}});
+        let mut attached = None;
+        if phase == "Running" {
+            let named = self.record.lock().unwrap().get(&key).cloned();
+            let default = self.defaults.lock().unwrap().get(&key).cloned();
+            let mut a = Attached {
+                ips: BTreeMap::new(),
+                ready: rng.chance(70),
+            };
+            // Multus lists the default network first: the cluster's
+            // primary one, or the NAD named as the default network.
+            let mut entries = Vec::new();
+            if default.is_none() {
+                entries.push(json!({
+                    "name": "kindnet", "interface": "eth0", "ips": ["10.244.0.250"], "default": true
+                }));
+            }
+            for (i, nad) in named.into_iter().flatten().enumerate() {
+                let ip = self.next_address();
+                let is_default = default.as_ref() == Some(&nad);
+                entries.push(json!({
+                    "name": nad, "interface": format!("net{}", i + 1), "ips": [ip],
+                    "default": is_default
+                }));
+                a.ips.insert(nad, ip);
+            }
+            let patch = json!({"metadata": {"annotations": {
+                NETWORK_STATUS: serde_json::Value::Array(entries).to_string()
+            }}});
+            self.counts.operations.fetch_add(1, Relaxed);
+            if let Err(e) = api
+                .patch(pod, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                self.uncertain(&key, &a);
+                self.busy.lock().unwrap().remove(&key);
+                self.error(format!("write network-status of {key}: {e}"));
+                return;
+            }
+            status["status"]["conditions"] = json!([{
+                "type": "Ready", "status": if a.ready { "True" } else { "False" },
+                "lastTransitionTime": nadc_e2e::now()
+            }]);
+            attached = Some(a);
+        }
         self.counts.operations.fetch_add(1, Relaxed);
-        if let Err(e) = api
+        match api
             .patch_status(pod, &PatchParams::default(), &Patch::Merge(status))
             .await
         {
-            self.error(format!("set {ns}/{pod} {phase}: {e}"));
+            Ok(_) => {
+                if let Some(a) = attached {
+                    self.attached.lock().unwrap().insert(key.clone(), a);
+                }
+            }
+            Err(e) => {
+                self.uncertain(&key, &attached.unwrap_or_default());
+                self.error(format!("set {key} {phase}: {e}"));
+            }
         }
+        self.busy.lock().unwrap().remove(&key);
+    }
+
+    /// A unicast address never handed out before.
+    fn next_address(&self) -> String {
+        let n = self.addresses.fetch_add(1, Relaxed);
+        format!(
+            "10.{}.{}.{}",
+            n / 62_500 % 250 + 1,
+            n / 250 % 250 + 1,
+            n % 250 + 1
+        )
+    }
+
+    fn uncertain(&self, pod: &str, tried: &Attached) {
+        let mut ips: BTreeSet<String> = tried.ips.values().cloned().collect();
+        if let Some(a) = self.attached.lock().unwrap().remove(pod) {
+            ips.extend(a.ips.into_values());
+        }
+        self.uncertain
+            .lock()
+            .unwrap()
+            .entry(pod.to_string())
+            .or_default()
+            .extend(ips);
     }
 
     async fn delete_pod(&self, ns: &str, pod: &str) {
@@ -225,13 +345,13 @@ impl Chaos {
     }
 }
 
-/// The annotations naming `refs` from a pod of `ns`, in a random form, and
-/// the NADs (`ns/name`) they name.
+/// The annotations naming `refs` from a pod of `ns`, in a random form, the
+/// NADs (`ns/name`) they name, and the one named as the default network.
 fn multus_annotations(
     rng: &mut Rng,
     ns: &str,
     refs: &[(String, String)],
-) -> (serde_json::Value, BTreeSet<String>) {
+) -> (serde_json::Value, BTreeSet<String>, Option<String>) {
     let named: BTreeSet<String> = refs.iter().map(|(n, x)| format!("{n}/{x}")).collect();
     let mut annotations = serde_json::Map::new();
     // The default network takes the first NAD now and then (always with
@@ -288,7 +408,8 @@ fn multus_annotations(
         };
         annotations.insert(NETWORKS.into(), json!(v));
     }
-    (serde_json::Value::Object(annotations), named)
+    let default = default.map(|(n, x)| format!("{n}/{x}"));
+    (serde_json::Value::Object(annotations), named, default)
 }
 
 fn terminal(pod: &Pod) -> bool {
@@ -354,6 +475,10 @@ async fn nad_churn(c: Arc<Chaos>, mut rng: Rng) {
                 match api.delete(&name, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    // Not protected yet (created while the operator restarts).
+                    Err(kube::Error::Api(s)) if s.message.contains("is not protected yet") => {
+                        c.counts.deletes_refused.fetch_add(1, Relaxed);
+                    }
                     Err(e) => c.error(format!("delete NAD {ns}/{name}: {e}")),
                 }
             }
@@ -637,6 +762,7 @@ async fn end_state_problems(c: &Chaos, namespaces: &[String]) -> Vec<String> {
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut nads = Vec::new();
     let mut terminating = BTreeSet::new();
+    let mut listed: Vec<(String, Vec<Pod>)> = Vec::new();
     let ns_api: Api<Namespace> = Api::all(c.client.clone());
     for ns in namespaces {
         match ns_api.get_opt(ns).await {
@@ -652,6 +778,9 @@ async fn end_state_problems(c: &Chaos, namespaces: &[String]) -> Vec<String> {
             Ok(l) => l,
             Err(e) => return vec![format!("list pods of {ns}: {e}")],
         };
+        if !terminating.contains(ns) {
+            listed.push((ns.clone(), list.items.clone()));
+        }
         {
             let record = c.record.lock().unwrap();
             for pod in list.items.iter().filter(|p| !terminal(p)) {
@@ -668,6 +797,14 @@ async fn end_state_problems(c: &Chaos, namespaces: &[String]) -> Vec<String> {
         }
     }
     let mut problems = Vec::new();
+    for (ns, pods) in &listed {
+        for (svc_ns, svc, network, publish_not_ready) in &c.services {
+            if svc_ns == ns {
+                problems
+                    .extend(slice_problems(c, ns, svc, network, *publish_not_ready, pods).await);
+            }
+        }
+    }
     for n in nads {
         let ns = n.namespace().unwrap_or_default();
         let key = format!("{ns}/{}", n.name_any());
@@ -707,6 +844,77 @@ async fn end_state_problems(c: &Chaos, namespaces: &[String]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// What is wrong with the slices of Service `ns/svc` on `network`: every
+/// address that every EndpointSlice under its name holds (what kube-proxy
+/// reads, whoever wrote it) against those the test wrote into the
+/// network-status of the non-terminal pods it selects, with the Ready
+/// condition it wrote (or ready regardless, with publishNotReadyAddresses).
+async fn slice_problems(
+    c: &Chaos,
+    ns: &str,
+    svc: &str,
+    network: &str,
+    publish_not_ready: bool,
+    pods: &[Pod],
+) -> Vec<String> {
+    let uncertain: BTreeSet<String> = c
+        .uncertain
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .cloned()
+        .collect();
+    let mut want: Vec<(String, bool)> = {
+        let attached = c.attached.lock().unwrap();
+        let skipped = c.uncertain.lock().unwrap();
+        let defaults = c.defaults.lock().unwrap();
+        pods.iter()
+            .filter(|p| !terminal(p))
+            .filter(|p| p.labels().get(APP.0).map(String::as_str) == Some(APP.1))
+            .filter_map(|p| {
+                let key = format!("{ns}/{}", p.name_any());
+                if skipped.contains_key(&key)
+                    || defaults.get(&key).map(String::as_str) == Some(network)
+                {
+                    return None;
+                }
+                let a = attached.get(&key)?;
+                Some((a.ips.get(network)?.clone(), a.ready || publish_not_ready))
+            })
+            .collect()
+    };
+    want.sort();
+    let slices: Api<EndpointSlice> = Api::namespaced(c.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{SERVICE_NAME}={svc}"));
+    let list = match slices.list(&lp).await {
+        Ok(l) => l,
+        Err(e) => return vec![format!("list slices of {ns}/{svc}: {e}")],
+    };
+    let mut served: Vec<(String, bool)> = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .flat_map(|e| {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+            e.addresses.iter().map(move |a| (a.clone(), ready))
+        })
+        .filter(|(a, _)| !uncertain.contains(a))
+        .collect();
+    served.sort();
+    if served == want {
+        return vec![];
+    }
+    let missing: Vec<_> = want.iter().filter(|w| !served.contains(w)).collect();
+    let extra: Vec<_> = served.iter().filter(|s| !want.contains(s)).collect();
+    vec![format!(
+        "Service {ns}/{svc} on {network}: {} slice(s) serve {} address(es), {} expected; missing {missing:?}, unexpected or duplicated {extra:?}",
+        list.items.len(),
+        served.len(),
+        want.len()
+    )]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -753,6 +961,55 @@ async fn chaos_no_nad_in_use_disappears() {
     for _ in 0..CHURN_NAMESPACES {
         churn.push(TestNs::new(&client, "chaos").await);
     }
+    // Opted-in Services over the churn pods: on a NAD of their own
+    // namespace, on one of another namespace, and one serving not-ready
+    // addresses too.
+    let services: Vec<(String, String, String, bool)> = vec![
+        (
+            churn[0].ns.clone(),
+            "svc".into(),
+            format!("{}/n0", churn[0].ns),
+            false,
+        ),
+        (
+            churn[1].ns.clone(),
+            "svc".into(),
+            format!("{}/n0", churn[1].ns),
+            false,
+        ),
+        (
+            churn[2].ns.clone(),
+            "svc".into(),
+            format!("{}/n0", churn[2].ns),
+            false,
+        ),
+        (
+            churn[0].ns.clone(),
+            "cross".into(),
+            format!("{}/n1", churn[1].ns),
+            false,
+        ),
+        (
+            churn[1].ns.clone(),
+            "not-ready".into(),
+            format!("{}/n2", churn[1].ns),
+            true,
+        ),
+    ];
+    for (ns, name, network, publish_not_ready) in &services {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {
+                NETWORKS: if network.starts_with(&format!("{ns}/")) { network.rsplit('/').next().unwrap().to_string() } else { network.clone() },
+                SELECTOR: format!("{}={}", APP.0, APP.1),
+            }},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080}], "publishNotReadyAddresses": publish_not_ready}
+        }))
+        .unwrap();
+        Api::<Service>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create an opted-in Service");
+    }
     let c = Arc::new(Chaos {
         client: client.clone(),
         start: Instant::now(),
@@ -766,6 +1023,12 @@ async fn chaos_no_nad_in_use_disappears() {
         names: AtomicU64::new(0),
         violations: Mutex::default(),
         released: Mutex::default(),
+        defaults: Mutex::default(),
+        attached: Mutex::default(),
+        uncertain: Mutex::default(),
+        busy: Mutex::default(),
+        services: services.clone(),
+        addresses: AtomicU64::new(0),
     });
     for i in 0..BACKGROUND_NADS {
         bg.nads()
@@ -929,7 +1192,7 @@ async fn chaos_no_nad_in_use_disappears() {
     let k = &c.counts;
     let violations = c.violations.lock().unwrap().clone();
     println!(
-        "CHAOS RESULT seed={seed} server-policy={version} duration={:.0}s background_pods={created} operations={} pods_created={} races={} (refused {}) kills={} namespaces_deleted={} deletions_checked={} refusals={} errors={} violations={}",
+        "CHAOS RESULT seed={seed} server-policy={version} duration={:.0}s background_pods={created} operations={} pods_created={} races={} (refused {}) kills={} namespaces_deleted={} deletions_checked={} refusals={} nad_deletes_refused={} errors={} violations={}",
         duration.as_secs_f64(),
         k.operations.load(Relaxed),
         k.pods_created.load(Relaxed),
@@ -939,6 +1202,7 @@ async fn chaos_no_nad_in_use_disappears() {
         k.namespaces_deleted.load(Relaxed),
         k.deletions_checked.load(Relaxed),
         k.refusals.load(Relaxed),
+        k.deletes_refused.load(Relaxed),
         k.errors.load(Relaxed),
         violations.len()
     );
