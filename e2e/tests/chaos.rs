@@ -141,6 +141,8 @@ struct Chaos {
     /// publishNotReadyAddresses).
     services: Vec<(String, String, String, bool)>,
     addresses: AtomicU64,
+    /// What each Service's slices held when they last matched the record.
+    slices_seen: Mutex<BTreeMap<String, String>>,
 }
 
 /// A pod as the test attached it: address per NAD (`ns/name`), and Ready.
@@ -905,6 +907,15 @@ async fn slice_problems(
         .collect();
     served.sort();
     if served == want {
+        let ready = want.iter().filter(|(_, r)| *r).count();
+        c.slices_seen.lock().unwrap().insert(
+            format!("{ns}/{svc}"),
+            format!(
+                "{} slice(s), {} addresses ({ready} ready)",
+                list.items.len(),
+                want.len()
+            ),
+        );
         return vec![];
     }
     let missing: Vec<_> = want.iter().filter(|w| !served.contains(w)).collect();
@@ -1029,6 +1040,7 @@ async fn chaos_no_nad_in_use_disappears() {
         busy: Mutex::default(),
         services: services.clone(),
         addresses: AtomicU64::new(0),
+        slices_seen: Mutex::default(),
     });
     for i in 0..BACKGROUND_NADS {
         bg.nads()
@@ -1181,6 +1193,9 @@ async fn chaos_no_nad_in_use_disappears() {
         },
         settle.elapsed().as_secs_f64()
     );
+    for (svc, seen) in c.slices_seen.lock().unwrap().iter() {
+        println!("  slices of {svc}: {seen}");
+    }
     for p in &problems {
         c.violation(format!("end state: {p}"));
     }
