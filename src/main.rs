@@ -25,6 +25,13 @@ async fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             match release::release_all(client, &mut std::io::stdout()).await {
+                Ok(done)
+                    if done
+                        .iter()
+                        .any(|r| matches!(r, release::Released::Failed(..))) =>
+                {
+                    ExitCode::FAILURE
+                }
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => fail(e.into()),
             }
