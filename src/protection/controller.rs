@@ -205,7 +205,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
                 .expect("pod index lock")
                 .users(&state.key);
             if !cached_now.is_empty() {
-                report_blocked(&ctx, &nad, &cached_now).await;
+                still_used(&ctx, &nad, &state, &cached_now).await;
                 Action::requeue(BLOCKED_RECHECK)
             } else if live.is_empty() {
                 if release(&ctx, &nad, &state).await? {
@@ -218,7 +218,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
                     users = live.len(),
                     "the live LIST still shows users; the cache is behind"
                 );
-                report_blocked(&ctx, &nad, &live).await;
+                still_used(&ctx, &nad, &state, &live).await;
                 Action::requeue(CACHE_LAG_RECHECK)
             }
         }
@@ -332,11 +332,14 @@ async fn sync_metadata(
     match send(cached.clone(), add_finalizer, mark_in_use).await {
         Err(err) if err.is_conflict() => {
             let again = || async {
-                let current = NadState::from_meta(
+                // Read as the reconcile reads it: with its namespace's
+                // state and the policy's, or an unused NAD released early
+                // in a namespace being deleted would get its finalizer back.
+                let current = nad_state(
+                    ctx,
                     &api.get_metadata(name)
                         .await
-                        .map_err(Error::kube("reading", &cached.key))?
-                        .metadata,
+                        .map_err(Error::kube("reading", &cached.key))?,
                 );
                 let users = ctx
                     .shared
@@ -430,6 +433,21 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<bool
         );
     }
     Ok(true)
+}
+
+/// A release found users after all. A deleting NAD's deletion is blocked
+/// by them, and says so; one that was to be released early (its namespace
+/// is being deleted, the NAD itself is not) stays protected in silence: no
+/// deletion of it is blocked, so a DeletionBlocked Warning would be false.
+async fn still_used(ctx: &Context, nad: &NadMeta, state: &NadState, users: &[ObjectKey]) {
+    if state.deleting {
+        report_blocked(ctx, nad, users).await;
+    } else {
+        debug!(
+            users = users.len(),
+            "pods still use this network; it stays protected while its namespace is deleted"
+        );
+    }
 }
 
 async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
@@ -1157,6 +1175,67 @@ mod tests {
         );
         api.expect_event("default").await;
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    /// The NAD of `nad(false, ..)`, whose namespace (`default`) is being
+    /// deleted, used by a pod of another namespace.
+    fn cross_namespace_user() -> Value {
+        pod_json(
+            "other",
+            "user",
+            json!({"k8s.v1.cni.cncf.io/networks": "default/foo-network"}),
+            json!({}),
+            "Running",
+            false,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_sync_conflict_rereads_the_nad_with_its_namespace_being_deleted() {
+        let user = cross_namespace_user();
+        let (ctx, mut api) = context_in(&[user.clone()], &[("default", true)]);
+        let obj = nad(false, &[]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
+        // Used from another namespace: protect it.
+        let patch = api.expect(Method::PATCH, NAD_PATH).await;
+        assert_eq!(
+            patch.body[1],
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]})
+        );
+        // Meanwhile the user went, and the NAD changed: the re-read NAD is
+        // unused in a namespace being deleted, so nothing is to be added.
+        ctx.shared
+            .pods
+            .write()
+            .unwrap()
+            .remove(&ObjectKey::new("other", "user"));
+        patch.respond(409, fixtures::status(409, "Conflict"));
+        let mut changed = obj.clone();
+        changed["metadata"]["resourceVersion"] = json!("8");
+        api.expect(Method::GET, NAD_PATH).await.respond(200, changed);
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_nad_released_early_but_still_used_is_not_reported_as_a_blocked_deletion() {
+        let (ctx, mut api) = context_in(&[], &[("default", true)]);
+        let obj = nad(false, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
+            .await;
+        // The live LIST finds a user of another namespace the cache missed.
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[cross_namespace_user()]));
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(CACHE_LAG_RECHECK)
+        );
+        // Kept, and no DeletionBlocked: the NAD is not being deleted.
+        api.expect_silence().await;
     }
 
     #[tokio::test]
