@@ -53,6 +53,10 @@ const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const APP: (&str, &str) = ("app", "chaos");
 /// NAD names each churn namespace draws from.
 const POOL: [&str; 6] = ["n0", "n1", "n2", "n3", "n4", "n5"];
+/// The NAD of each churn namespace behind its Services: never deleted (the
+/// pool's NADs are deleted so often that pods naming them are mostly
+/// refused), so that the slices hold many addresses when they are checked.
+const SERVED: &str = "s0";
 const CHURN_NAMESPACES: usize = 3;
 const BACKGROUND_NADS: usize = 10;
 
@@ -451,6 +455,21 @@ async fn pod_churn(c: Arc<Chaos>, mut rng: Rng) {
                     }
                 })
                 .collect();
+            // A third of the pods are behind the Services: they name only
+            // the Services' NADs (the namespace's own, now and then the
+            // next namespace's too, for the cross-namespace Service), which
+            // are never deleted, so they are never refused and the slices
+            // hold many addresses at the end.
+            let refs = if rng.chance(33) {
+                let i = c.churn.iter().position(|n| *n == ns).unwrap_or(0);
+                let mut refs = vec![(ns.clone(), SERVED.to_string())];
+                if rng.chance(40) {
+                    refs.push((c.churn[(i + 1) % c.churn.len()].clone(), SERVED.to_string()));
+                }
+                refs
+            } else {
+                refs
+            };
             let pod = c.name("p");
             if c.create_user(&mut rng, &ns, &pod, &refs).await == Some(true) {
                 c.set_phase(&mut rng, &ns, &pod).await;
@@ -979,31 +998,31 @@ async fn chaos_no_nad_in_use_disappears() {
         (
             churn[0].ns.clone(),
             "svc".into(),
-            format!("{}/n0", churn[0].ns),
+            format!("{}/{SERVED}", churn[0].ns),
             false,
         ),
         (
             churn[1].ns.clone(),
             "svc".into(),
-            format!("{}/n0", churn[1].ns),
+            format!("{}/{SERVED}", churn[1].ns),
             false,
         ),
         (
             churn[2].ns.clone(),
             "svc".into(),
-            format!("{}/n0", churn[2].ns),
+            format!("{}/{SERVED}", churn[2].ns),
             false,
         ),
         (
             churn[0].ns.clone(),
             "cross".into(),
-            format!("{}/n1", churn[1].ns),
+            format!("{}/{SERVED}", churn[1].ns),
             false,
         ),
         (
             churn[1].ns.clone(),
             "not-ready".into(),
-            format!("{}/n2", churn[1].ns),
+            format!("{}/{SERVED}", churn[1].ns),
             true,
         ),
     ];
@@ -1096,7 +1115,7 @@ async fn chaos_no_nad_in_use_disappears() {
     );
     c.live.lock().unwrap().remove(&bg.ns);
     for t in &churn {
-        for n in &POOL[..3] {
+        for n in POOL[..3].iter().chain([&SERVED]) {
             t.nads()
                 .create(&PostParams::default(), &nad_body(n))
                 .await
