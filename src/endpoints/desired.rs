@@ -2,6 +2,7 @@
 //! EndpointSlice controller derives them, but from the pods' secondary
 //! addresses.
 
+use crate::model::pod::protocol_or_tcp;
 use crate::model::{ObjectKey, PodView};
 use crate::multus::secondary_addresses;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort};
@@ -173,29 +174,25 @@ pub fn endpoint_id(ep: &Endpoint) -> &str {
         .unwrap_or_default()
 }
 
-/// The Service's ports with targetPort resolved for this pod. A named
-/// targetPort the pod does not declare drops that port for this pod, as
-/// Kubernetes does.
+/// The Service's ports with targetPort resolved for this pod, as the
+/// EndpointSlice controller resolves them (`findPort`; the rule is in
+/// [`PodView::named_port`]). A targetPort that is a string is always a port
+/// name, even one of digits, which no container port can have: that Service
+/// port is then left out for this pod, as is any name the pod does not
+/// declare with the Service port's protocol.
 pub fn resolve_ports(service_ports: &[ServicePort], pod: &PodView) -> Vec<EndpointPort> {
     let mut out: Vec<EndpointPort> = service_ports
         .iter()
         .filter_map(|sp| {
-            let protocol = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let protocol = protocol_or_tcp(&sp.protocol).to_string();
             let port = match &sp.target_port {
+                // The API server defaults these to the Service port; `plan`
+                // reads files that may not have been through it.
                 None => sp.port,
+                Some(IntOrString::Int(0)) => sp.port,
+                Some(IntOrString::String(name)) if name.is_empty() => sp.port,
                 Some(IntOrString::Int(n)) => *n,
-                Some(IntOrString::String(name)) => match name.parse::<i32>() {
-                    Ok(n) => n,
-                    Err(_) => {
-                        pod.ports
-                            .iter()
-                            .find(|cp| {
-                                cp.name.as_deref() == Some(name.as_str())
-                                    && cp.protocol.as_deref().unwrap_or("TCP") == protocol
-                            })?
-                            .container_port
-                    }
-                },
+                Some(IntOrString::String(name)) => pod.named_port(name, &protocol)?,
             };
             Some(EndpointPort {
                 name: Some(sp.name.clone().unwrap_or_default()),
@@ -380,6 +377,76 @@ pub(crate) mod tests {
         assert!(
             summary.contains(&(vec![], vec!["c"])),
             "a pod lacking the named port is published without it"
+        );
+    }
+
+    fn resolved(svc: &Service, pod: &PodView) -> Vec<(String, i32, String)> {
+        resolve_ports(svc.spec.as_ref().unwrap().ports.as_deref().unwrap(), pod)
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port.unwrap(), p.protocol.unwrap()))
+            .collect()
+    }
+
+    fn port(name: &str, number: i32, protocol: &str) -> (String, i32, String) {
+        (name.into(), number, protocol.into())
+    }
+
+    /// Kubernetes' findPort looks in native sidecars after the containers
+    /// (staging/src/k8s.io/endpointslice/utils.go).
+    #[test]
+    fn a_named_target_port_of_a_native_sidecar_is_published() {
+        let lite: PodLite = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 9376}]}],
+                     "initContainers": [{"name": "proxy", "restartPolicy": "Always",
+                                         "ports": [{"name": "mesh", "containerPort": 15001}]}]}
+        }))
+        .unwrap();
+        let p = PodView::new(lite, "kube-system");
+        let svc = service(json!({"ports": [
+            {"name": "web", "port": 80, "targetPort": "http"},
+            {"name": "mesh", "port": 81, "targetPort": "mesh"}
+        ]}));
+        assert_eq!(
+            resolved(&svc, &p),
+            vec![port("mesh", 15001, "TCP"), port("web", 9376, "TCP")]
+        );
+    }
+
+    /// A string targetPort is a name to Kubernetes, never a number; the
+    /// protocol must match; an unnamed port is left out for this pod only.
+    #[test]
+    fn a_string_target_port_is_always_a_name_looked_up_with_the_protocol() {
+        let p = pod("p", json!({}), &status(&["192.168.0.2"]), true);
+        let svc = service(json!({"ports": [
+            {"name": "digits", "port": 80, "targetPort": "9376"},
+            {"name": "udp", "port": 81, "targetPort": "http", "protocol": "UDP"},
+            {"name": "web", "port": 82, "targetPort": "http", "protocol": "TCP"},
+            {"name": "missing", "port": 83, "targetPort": "grpc"}
+        ]}));
+        assert_eq!(resolved(&svc, &p), vec![port("web", 9376, "TCP")]);
+    }
+
+    /// What the API server's defaulting (SetDefaults_Service) gives a Service
+    /// read from a file that never went through it: no targetPort, 0 or ""
+    /// is the Service port; no protocol, or "", is TCP.
+    #[test]
+    fn an_unset_target_port_is_the_service_port_and_an_unset_protocol_tcp() {
+        let p = pod("p", json!({}), &status(&["192.168.0.2"]), true);
+        let svc = service(json!({"ports": [
+            {"name": "a", "port": 80},
+            {"name": "b", "port": 81, "targetPort": 0},
+            {"name": "c", "port": 82, "targetPort": "", "protocol": ""},
+            {"name": "d", "port": 83, "targetPort": 8083, "protocol": "SCTP"}
+        ]}));
+        assert_eq!(
+            resolved(&svc, &p),
+            vec![
+                port("a", 80, "TCP"),
+                port("b", 81, "TCP"),
+                port("c", 82, "TCP"),
+                port("d", 8083, "SCTP")
+            ]
         );
     }
 }

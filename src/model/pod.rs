@@ -88,12 +88,26 @@ pub struct PodSpecLite {
     pub subdomain: Option<String>,
     #[serde(default)]
     pub containers: Vec<ContainerLite>,
+    /// Read for native sidecars (`restartPolicy: Always`), whose named ports
+    /// a Service's targetPort may name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<ContainerLite>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerLite {
     #[serde(default)]
     pub ports: Vec<ContainerPortLite>,
+    /// Set on init containers only; `Always` makes one a native sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+}
+
+impl ContainerLite {
+    fn is_native_sidecar(&self) -> bool {
+        self.restart_policy.as_deref() == Some("Always")
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -187,6 +201,9 @@ pub struct PodView {
     pub node_name: Option<String>,
     pub hostname: Option<String>,
     pub subdomain: Option<String>,
+    /// The named ports, in the order Kubernetes searches them for a
+    /// targetPort: the containers', then the native sidecars' (see
+    /// [`PodView::named_port`]).
     pub ports: Vec<ContainerPortLite>,
     /// Every NAD the pod may be using, sorted and without duplicates: those
     /// its networks and default-network annotations name (every candidate,
@@ -278,10 +295,16 @@ impl PodView {
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True");
         let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        let sidecars = pod
+            .spec
+            .init_containers
+            .into_iter()
+            .filter(ContainerLite::is_native_sidecar);
         let mut ports: Vec<ContainerPortLite> = pod
             .spec
             .containers
             .into_iter()
+            .chain(sidecars)
             .flat_map(|c| c.ports)
             .filter(|p| p.name.is_some())
             .collect();
@@ -313,6 +336,24 @@ impl PodView {
         Self::new(lite, multus_namespace)
     }
 
+    /// The port a Service's named targetPort resolves to on this pod, by
+    /// Kubernetes' rule (`FindPort` in pkg/api/v1/pod/util.go, and its copy
+    /// `findPort` in staging/src/k8s.io/endpointslice/utils.go, which the
+    /// EndpointSlice controller calls): the first port with that name *and*
+    /// the Service port's protocol (a port of that name with another
+    /// protocol does not stop the search), looked for in the containers in
+    /// order, then in the native sidecars (init containers with
+    /// `restartPolicy: Always`, on by default since 1.29) in order. Other
+    /// init containers are never searched. None when no port matches: the
+    /// Service port is then left out of this pod's endpoint, which is still
+    /// published with its other ports.
+    pub fn named_port(&self, name: &str, protocol: &str) -> Option<i32> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && protocol_or_tcp(&p.protocol) == protocol)
+            .map(|p| p.container_port)
+    }
+
     /// The NADs this pod holds: none once it is terminal (Succeeded/Failed),
     /// since it will never attach a network again. Sorted.
     pub fn nads_in_use(&self) -> &[ObjectKey] {
@@ -322,6 +363,14 @@ impl PodView {
     pub fn uses(&self, nad: &ObjectKey) -> bool {
         self.nads_in_use().binary_search(nad).is_ok()
     }
+}
+
+/// A protocol as the API server defaults it: TCP when unset or empty.
+pub fn protocol_or_tcp(protocol: &Option<String>) -> &str {
+    protocol
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("TCP")
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -440,5 +489,94 @@ mod tests {
             );
             assert_eq!(pod.terminal, terminal, "{phase}");
         }
+    }
+
+    /// A pod with `containers` and `init_containers` (JSON lists).
+    fn pod_with(containers: serde_json::Value, init_containers: serde_json::Value) -> PodView {
+        PodView::new(
+            lite(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns"},
+                "spec": {"containers": containers, "initContainers": init_containers}
+            })),
+            "kube-system",
+        )
+    }
+
+    // The cases below follow Kubernetes' FindPort (pkg/api/v1/pod/util.go;
+    // the EndpointSlice controller's copy is findPort in
+    // staging/src/k8s.io/endpointslice/utils.go).
+
+    #[test]
+    fn a_named_port_of_a_native_sidecar_resolves_but_not_one_of_a_plain_init_container() {
+        let pod = pod_with(
+            serde_json::json!([{"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]),
+            serde_json::json!([
+                {"name": "setup", "ports": [{"name": "setup", "containerPort": 7000}]},
+                {"name": "once", "restartPolicy": "OnFailure",
+                 "ports": [{"name": "once", "containerPort": 7001}]},
+                {"name": "proxy", "restartPolicy": "Always",
+                 "ports": [{"name": "proxy", "containerPort": 15001}]}
+            ]),
+        );
+        assert_eq!(pod.named_port("http", "TCP"), Some(8080));
+        assert_eq!(pod.named_port("proxy", "TCP"), Some(15001));
+        assert_eq!(pod.named_port("setup", "TCP"), None);
+        assert_eq!(pod.named_port("once", "TCP"), None);
+    }
+
+    #[test]
+    fn containers_are_searched_before_sidecars_each_in_order() {
+        let pod = pod_with(
+            serde_json::json!([
+                {"name": "a", "ports": [{"name": "web", "containerPort": 8080}]},
+                {"name": "b", "ports": [{"name": "web", "containerPort": 8081},
+                                        {"name": "admin", "containerPort": 9000}]}
+            ]),
+            serde_json::json!([
+                {"name": "s1", "restartPolicy": "Always",
+                 "ports": [{"name": "web", "containerPort": 15000},
+                           {"name": "admin", "containerPort": 15001},
+                           {"name": "mesh", "containerPort": 15002}]},
+                {"name": "s2", "restartPolicy": "Always",
+                 "ports": [{"name": "mesh", "containerPort": 16002}]}
+            ]),
+        );
+        assert_eq!(pod.named_port("web", "TCP"), Some(8080));
+        assert_eq!(pod.named_port("admin", "TCP"), Some(9000));
+        assert_eq!(pod.named_port("mesh", "TCP"), Some(15002));
+    }
+
+    #[test]
+    fn the_protocol_must_match_and_a_mismatch_does_not_end_the_search() {
+        let pod = pod_with(
+            serde_json::json!([
+                {"name": "a", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]},
+                {"name": "b", "ports": [{"name": "dns", "containerPort": 5353}]}
+            ]),
+            serde_json::json!([
+                {"name": "s", "restartPolicy": "Always",
+                 "ports": [{"name": "sctp", "containerPort": 3868, "protocol": "SCTP"}]}
+            ]),
+        );
+        assert_eq!(pod.named_port("dns", "UDP"), Some(53));
+        // An unset protocol is TCP, as the API server defaults it.
+        assert_eq!(pod.named_port("dns", "TCP"), Some(5353));
+        assert_eq!(pod.named_port("dns", "SCTP"), None);
+        assert_eq!(pod.named_port("sctp", "SCTP"), Some(3868));
+        assert_eq!(pod.named_port("sctp", "TCP"), None);
+    }
+
+    #[test]
+    fn no_port_of_that_name_resolves_to_none() {
+        let pod = pod_with(
+            serde_json::json!([{"name": "a", "ports": [{"containerPort": 8080}]}]),
+            serde_json::json!([]),
+        );
+        assert_eq!(pod.named_port("http", "TCP"), None);
+        assert_eq!(
+            pod.named_port("", "TCP"),
+            None,
+            "an unnamed port has no name"
+        );
     }
 }
