@@ -19,7 +19,8 @@ pub struct Cli {
     /// Kubeconfig context to use instead of the current one.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Log line format; the level comes from RUST_LOG (default info).
+    /// Log line format; the level comes from RUST_LOG (default info). Text is coloured only on a
+    /// terminal, and never when NO_COLOR is set to a non-empty value.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]

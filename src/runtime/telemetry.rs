@@ -5,9 +5,11 @@
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter, Layer, Registry, layer::SubscriberExt, util::SubscriberInitExt,
+    EnvFilter, Layer, Registry, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,15 +65,48 @@ where
     tracing_opentelemetry::layer().with_tracer(provider.tracer(SERVICE_NAME))
 }
 
-pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+/// Whether text log lines may carry ANSI colour codes. Only a terminal
+/// renders them; in a file, journald or `kubectl logs` they are noise. A
+/// `NO_COLOR` set to anything but the empty string turns them off
+/// (<https://no-color.org>), whatever its value, even one that is not UTF-8.
+pub fn log_colours(log_stream_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    log_stream_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+/// The log layer writing to `writer`. JSON is for machines and never
+/// coloured; text is coloured only when `colours` says so.
+pub fn log_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    colours: bool,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(colours)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .with_writer(writer)
+            .with_ansi(false)
             .boxed(),
-    };
+    }
+}
+
+pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stdout (the benchmark harness reads them there), so the
+    // colour decision asks about stdout: the stream that is written.
+    let colours = log_colours(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let fmt = log_layer(format, std::io::stdout, colours);
     let provider = otlp_provider_from_env()?;
     let otel = provider.as_ref().map(otel_layer);
     Registry::default()
@@ -98,4 +133,82 @@ pub fn record_trace_id() -> Option<String> {
         tracing::Span::current().record("trace_id", tracing::field::display(id));
     }
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color_set() {
+        let non_utf8 = {
+            use std::os::unix::ffi::OsStrExt;
+            OsStr::from_bytes(b"\xff")
+        };
+        for (terminal, no_color, expected) in [
+            (true, None, true),
+            // https://no-color.org: an empty NO_COLOR counts as unset.
+            (true, Some(OsStr::new("")), true),
+            (true, Some(OsStr::new("1")), false),
+            (true, Some(OsStr::new("0")), false),
+            (true, Some(non_utf8), false),
+            (false, None, false),
+            (false, Some(OsStr::new("")), false),
+            (false, Some(OsStr::new("1")), false),
+        ] {
+            assert_eq!(
+                log_colours(terminal, no_color),
+                expected,
+                "terminal={terminal} NO_COLOR={no_color:?}"
+            );
+        }
+    }
+
+    /// Collects what the log layer writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Captured {
+            self.clone()
+        }
+    }
+
+    fn one_line(format: LogFormat, colours: bool) -> String {
+        let out = Captured::default();
+        let subscriber = Registry::default().with(log_layer(format, out.clone(), colours));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(nad = "default/br0", "finalizer added")
+        });
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_text_log_not_on_a_terminal_has_no_escape_codes() {
+        let line = one_line(LogFormat::Text, log_colours(false, None));
+        assert!(line.contains("finalizer added"), "{line:?}");
+        assert!(!line.contains('\x1b'), "escape codes in {line:?}");
+        // The check can see colour: on a terminal the same line has it.
+        let coloured = one_line(LogFormat::Text, log_colours(true, None));
+        assert!(coloured.contains('\x1b'), "no colour in {coloured:?}");
+    }
+
+    #[test]
+    fn a_json_log_is_never_coloured() {
+        let line = one_line(LogFormat::Json, true);
+        assert!(line.contains(r#""message":"finalizer added""#), "{line:?}");
+        assert!(!line.contains('\x1b'), "escape codes in {line:?}");
+    }
 }
