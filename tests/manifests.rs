@@ -1,7 +1,8 @@
 //! Renders every kustomize overlay and checks what an operator relies on:
 //! least-privilege RBAC that covers what the code calls, a hardened
 //! Deployment, and what each overlay promises. Needs kubectl (it has
-//! kustomize inside); without it the test is skipped with a printed reason.
+//! kustomize inside); without it these tests fail, saying how to install it:
+//! a skipped check would count as passed.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
@@ -18,26 +19,37 @@ const OVERLAYS: &[&str] = &[
     "kustomize/overlays/v1beta1-admission",
 ];
 
-fn render(dir: &str) -> Option<Vec<Value>> {
+fn render(dir: &str) -> Vec<Value> {
+    render_with("kubectl", dir)
+}
+
+/// What to do when kubectl is missing or cannot render an overlay.
+const INSTALL_KUBECTL: &str = "install kubectl 1.21 or newer, which has kustomize built in \
+     (on Debian: apt-get install -t trixie kubernetes-client; `bash .ci/run` installs it when absent), \
+     or put it on PATH";
+
+fn render_with(kubectl: &str, dir: &str) -> Vec<Value> {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = match Command::new("kubectl")
+    let out = Command::new(kubectl)
         .args(["kustomize", &format!("{root}/{dir}")])
         .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            println!("SKIPPED: kubectl not found on PATH ({e}); the overlays were not rendered");
-            return None;
-        }
-    };
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{kubectl} kustomize` to render {dir} ({e}): {INSTALL_KUBECTL}")
+        });
     assert!(
         out.status.success(),
-        "{dir} does not render: {}",
+        "`{kubectl} kustomize {dir}` failed: {}\nIf kubectl is older than 1.21 or lacks kustomize, {INSTALL_KUBECTL}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    Some(docs)
+    serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+/// Without kubectl the overlay tests fail with what to install; they must
+/// not pass having rendered nothing.
+#[test]
+#[should_panic(expected = "install kubectl 1.21 or newer")]
+fn without_kubectl_the_overlay_tests_fail_saying_what_to_install() {
+    render_with("kubectl-that-is-not-installed", "kustomize/base");
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> Vec<T> {
@@ -121,7 +133,7 @@ fn env(d: &Deployment, name: &str) -> Option<String> {
 #[test]
 fn every_overlay_renders_with_least_privilege_rbac_and_a_hardened_deployment() {
     for dir in OVERLAYS {
-        let Some(docs) = render(dir) else { return };
+        let docs = render(dir);
         let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole");
         assert_eq!(roles.len(), 1, "{dir}");
         check_rules(
@@ -193,9 +205,7 @@ fn the_owner_reference_of_our_slices_is_admitted_under_owner_references_enforcem
     .unwrap();
     let owner = nadc::endpoints::slices::SliceOwner::of(&svc).owner_reference();
     let needs_finalizers = owner.block_owner_deletion == Some(true);
-    let Some(docs) = render("kustomize/base") else {
-        return;
-    };
+    let docs = render("kustomize/base");
     let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole");
     let grants = roles[0].rules.iter().flatten().any(|r| {
         r.api_groups.iter().flatten().any(|g| g.is_empty())
@@ -215,15 +225,13 @@ fn the_owner_reference_of_our_slices_is_admitted_under_owner_references_enforcem
 
 #[test]
 fn each_overlay_does_what_it_promises() {
-    let Some(ha) = render("kustomize/overlays/ha") else {
-        return;
-    };
+    let ha = render("kustomize/overlays/ha");
     let d = deployment(&ha);
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
     assert_eq!(env(&d, "LEADER_ELECT").as_deref(), Some("on"));
     assert!(ha.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
 
-    let jaeger = render("kustomize/overlays/jaeger").unwrap();
+    let jaeger = render("kustomize/overlays/jaeger");
     let d = deployment(&jaeger);
     assert_eq!(
         env(&d, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
@@ -235,7 +243,7 @@ fn each_overlay_does_what_it_promises() {
             .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == "jaeger")
     );
 
-    let kind = render("kustomize/overlays/kind").unwrap();
+    let kind = render("kustomize/overlays/kind");
     let d = deployment(&kind);
     let c = &d
         .spec
@@ -260,11 +268,11 @@ fn each_overlay_does_what_it_promises() {
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     ];
-    let base = render("kustomize/base").unwrap();
+    let base = render("kustomize/base");
     for kind in policy_kinds {
         assert!(base.iter().any(|d| d["kind"] == kind), "base lacks {kind}");
     }
-    let old = render("kustomize/overlays/pre-1.30").unwrap();
+    let old = render("kustomize/overlays/pre-1.30");
     assert!(
         !old.iter()
             .any(|d| policy_kinds.contains(&d["kind"].as_str().unwrap_or_default())),
@@ -313,7 +321,7 @@ fn each_overlay_does_what_it_promises() {
         base.len(),
         "pre-1.30 is base less the policies"
     );
-    let beta = render("kustomize/overlays/v1beta1-admission").unwrap();
+    let beta = render("kustomize/overlays/v1beta1-admission");
     assert_eq!(policies(&beta), with_version("v1beta1"));
     let strip = |docs: &[Value]| -> Vec<Value> {
         docs.iter()
