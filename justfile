@@ -58,7 +58,7 @@ e2e:
     kubectl --context kind-{{cluster}} -n net-attach-def-system rollout status deployment/k8s-net-attach-def-controller --timeout=120s
     kubectl config use-context kind-{{cluster}}
     cargo build --bin k8s-net-attach-def-controller
-    export E2E_CONTROLLER=deployed E2E_REQUIRE_CLUSTER=1
+    export E2E_CONTROLLER=deployed
     cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
     cargo test -p nadc-e2e --test handover -- --ignored
     # last: it stops the operator and strips finalizers cluster-wide
@@ -68,13 +68,13 @@ e2e:
 # The e2e tests are #[ignore]d (they need a cluster), hence --ignored.
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
-    E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test handover -- --ignored
+    E2E_CONTROLLER=local cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
+    cargo test -p nadc-e2e --test handover -- --ignored
     # alone: they install the pod admission policy, whose binding covers every pod
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test admission -- --ignored
+    E2E_CONTROLLER=local cargo test -p nadc-e2e --test admission -- --ignored
     # SIGKILLs the operator every 30-45 s; E2E_CHAOS_SECONDS (default 150), E2E_CHAOS_SEED
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test chaos -- --ignored --nocapture
-    E2E_CONTROLLER=local E2E_REQUIRE_CLUSTER=1 cargo test -p nadc-e2e --test uninstall -- --ignored
+    E2E_CONTROLLER=local cargo test -p nadc-e2e --test chaos -- --ignored --nocapture
+    E2E_CONTROLLER=local cargo test -p nadc-e2e --test uninstall -- --ignored
 
 # Scale benchmark against the current KUBECONFIG (see README: Testing).
 bench-scale *ARGS:

@@ -1,5 +1,5 @@
-//! The e2e harness: finds the cluster in KUBECONFIG (or skips with one
-//! printed line), makes sure an operator is running (deployed, or started
+//! The e2e harness: finds the cluster in KUBECONFIG (and fails, saying how
+//! to point it at one, when none is usable), makes sure an operator is running (deployed, or started
 //! here from the freshly built binary with `E2E_CONTROLLER=local`), and gives
 //! each test its own namespace, cleaned up even when the test panics.
 //!
@@ -31,28 +31,34 @@ pub use operator::Operator;
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 pub const NAD_CRD: &str = "network-attachment-definitions.k8s.cni.cncf.io";
 
-/// The cluster, or None (after one printed line) when none is reachable and
-/// `E2E_REQUIRE_CLUSTER` is not set.
-pub async fn cluster() -> Option<Client> {
-    let required = std::env::var("E2E_REQUIRE_CLUSTER").is_ok_and(|v| !v.is_empty() && v != "0");
+/// The cluster in KUBECONFIG, with the NAD CRD. Panics, saying how to point
+/// the tests at one, when none is usable: the e2e tests run only when asked
+/// for (`--ignored`), and one that returned early would count as passed
+/// having checked nothing. `E2E_REQUIRE_CLUSTER`, which once asked for this
+/// failure, is still accepted and no longer needed.
+pub async fn cluster() -> Client {
     match try_cluster().await {
-        Ok(client) => Some(client),
-        Err(e) if required => {
-            panic!("E2E_REQUIRE_CLUSTER is set but the cluster is not usable: {e:#}")
-        }
-        Err(e) => {
-            // Once per test binary, straight to stderr: the harness captures println!.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED e2e: no usable cluster: {e}; set E2E_REQUIRE_CLUSTER=1 to fail instead"
-                );
-            });
-            None
+        Ok(client) => client,
+        Err(e) => panic!("{}", no_cluster_message(&e)),
+    }
+}
+
+fn no_cluster_message(e: &anyhow::Error) -> String {
+    // kube's errors repeat their sources in their own text: each cause once.
+    let mut why = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !why.contains(&cause) {
+            if !why.is_empty() {
+                why.push_str(": ");
+            }
+            why.push_str(&cause);
         }
     }
+    format!(
+        "the e2e tests need a cluster with the NAD CRD, and none is usable: {why}. \
+         Point KUBECONFIG at one (KUBECONFIG=/path/to/kubeconfig cargo test -p nadc-e2e ... -- --ignored), \
+         or let `just e2e` create a kind cluster; without --ignored these tests are not run"
+    )
 }
 
 async fn try_cluster() -> anyhow::Result<Client> {
@@ -73,11 +79,12 @@ async fn try_cluster() -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// The cluster with an operator running against it; None when skipped.
-pub async fn setup() -> Option<(Client, &'static Operator)> {
-    let client = cluster().await?;
+/// The cluster with an operator running against it (panics as `cluster`
+/// does when there is none).
+pub async fn setup() -> (Client, &'static Operator) {
+    let client = cluster().await;
     let operator = Operator::ensure(&client).await;
-    Some((client, operator))
+    (client, operator)
 }
 
 /// Panics when some other operator already acts on this cluster: a NAD
@@ -674,6 +681,47 @@ mod tests {
             let _ = tx.send(outcome.is_err());
         });
         rx.recv_timeout(bound).ok()
+    }
+
+    const NO_CLUSTER_HELPER_ENV: &str = "NADC_E2E_NO_CLUSTER_HELPER";
+
+    /// Not a test on its own: run by the test below as a separate process
+    /// (this test binary, with NO_CLUSTER_HELPER_ENV set), where KUBECONFIG
+    /// names no file. Does what every e2e test does first.
+    #[tokio::test]
+    async fn no_cluster_helper() {
+        if std::env::var_os(NO_CLUSTER_HELPER_ENV).is_none() {
+            return;
+        }
+        cluster().await;
+    }
+
+    #[test]
+    fn without_a_cluster_an_e2e_test_fails_saying_how_to_point_it_at_one() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::no_cluster_helper", "--nocapture"])
+            .env(NO_CLUSTER_HELPER_ENV, "1")
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            // Neither the in-cluster configuration nor the old opt-in may
+            // decide the outcome: the default alone must fail.
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env_remove("E2E_REQUIRE_CLUSTER")
+            .output()
+            .unwrap();
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "the e2e test passed without a cluster:\n{output}"
+        );
+        assert!(
+            output.contains("none is usable") && output.contains("Point KUBECONFIG at one"),
+            "the failure does not say how to point the tests at a cluster:\n{output}"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! End-to-end scenarios against the cluster in KUBECONFIG. Each test has its
 //! own namespace and runs in parallel with the others. They need a cluster,
 //! so they are `#[ignore]`d: `just e2e-local` / `just e2e` run them with
-//! `-- --ignored` and E2E_REQUIRE_CLUSTER=1, which turns "no cluster" into a
-//! failure (without it, each prints one SKIPPED line and returns).
+//! `-- --ignored`; then no usable cluster is a failure that says how to
+//! point them at one (KUBECONFIG).
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -43,9 +43,7 @@ async fn web_behind_service(t: &TestNs, ips: &[&str], spec: serde_json::Value) {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn seed_secondary_endpoints() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "seed-ep").await;
     t.create_nad("br0").await;
     let network = nad_path(&t, "br0");
@@ -97,9 +95,7 @@ async fn seed_secondary_endpoints() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn seed_nad_in_use_is_not_deleted() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "seed-nad").await;
     let nad = t.create_nad("foo-network").await;
     t.create_pod(
@@ -146,9 +142,7 @@ async fn seed_nad_in_use_is_not_deleted() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_nad_created_after_its_pod_is_protected() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "nad-after").await;
     t.create_pod(
         "early",
@@ -172,9 +166,7 @@ async fn a_nad_created_after_its_pod_is_protected() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_terminal_pod_does_not_block_deletion() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "terminal").await;
     t.create_nad("done-net").await;
     t.create_pod(
@@ -203,9 +195,7 @@ async fn a_terminal_pod_does_not_block_deletion() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn the_default_network_annotation_protects() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "default-net").await;
     t.create_nad("primary").await;
     let reference = nad_path(&t, "primary");
@@ -230,9 +220,7 @@ async fn the_default_network_annotation_protects() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn an_invalid_annotation_warns_and_blocks_nothing_else() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "invalid").await;
     t.create_nad("good-net").await;
     t.create_pod(
@@ -264,9 +252,7 @@ async fn an_invalid_annotation_warns_and_blocks_nothing_else() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn services_opt_in_and_out() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "opt").await;
     web_behind_service(&t, &["192.168.5.1"], json!({"ports": [{"port": 80}]})).await;
     eventually("published", || async {
@@ -307,9 +293,7 @@ async fn services_opt_in_and_out() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_spec_selector_is_a_conflict() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "conflict").await;
     t.create_nad("net").await;
     t.attached_pod(
@@ -337,9 +321,7 @@ async fn a_spec_selector_is_a_conflict() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_readiness_flip_moves_the_endpoint() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "ready").await;
     web_behind_service(&t, &["192.168.7.1"], json!({"ports": [{"port": 80}]})).await;
     eventually("ready", || async {
@@ -361,9 +343,7 @@ async fn a_readiness_flip_moves_the_endpoint() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn dual_stack_addresses_split_by_family() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "dual").await;
     t.create_nad("net").await;
     t.attached_pod(
@@ -411,9 +391,7 @@ async fn dual_stack_addresses_split_by_family() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_named_target_port_is_resolved_per_pod() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "named-port").await;
     web_behind_service(
         &t,
@@ -433,9 +411,7 @@ async fn a_named_target_port_is_resolved_per_pod() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn two_hundred_fifty_pods_fill_three_slices() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "many").await;
     t.create_nad("net").await;
     let network = nad_path(&t, "net");
@@ -473,9 +449,7 @@ async fn two_hundred_fifty_pods_fill_three_slices() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_restart_during_a_blocked_deletion_still_releases() {
-    let Some((client, op)) = setup().await else {
-        return;
-    };
+    let (client, op) = setup().await;
     let t = TestNs::new(&client, "restart").await;
     let nad = t.create_nad("net").await;
     t.create_pod(
@@ -598,9 +572,7 @@ async fn migrate_as_the_warning_says(t: &TestNs, note: &str, service: &str, sele
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_migrated_selector_service_serves_only_its_secondary_address() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "migrate").await;
     t.create_nad("br0").await;
     t.create_pod(
@@ -790,9 +762,7 @@ async fn a_migrated_selector_service_serves_only_its_secondary_address() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_foreign_slice_is_left_alone_and_named_in_a_warning() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "foreign").await;
     web_behind_service(&t, &["192.168.11.1"], json!({"ports": [{"port": 80}]})).await;
     eventually("published", || async {

@@ -18,9 +18,7 @@ use std::time::Duration;
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn nads_named_by_multus_edge_case_annotations_are_held() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "edge").await;
     let other = TestNs::new(&client, "edge-other").await;
     let nads = [
@@ -109,9 +107,7 @@ async fn nads_named_by_multus_edge_case_annotations_are_held() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn deletion_blocked_names_the_current_users() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "current").await;
     t.create_nad("net").await;
     t.create_user("first", "net").await;
@@ -144,9 +140,7 @@ async fn deletion_blocked_names_the_current_users() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_namespace_being_deleted_without_the_pod_policy_releases_nothing_early() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let t = TestNs::new(&client, "nsdel").await;
     let other = TestNs::new(&client, "nsdel-user").await;
     for nad in ["unused", "local", "shared"] {
@@ -310,9 +304,7 @@ async fn remove_binding(client: &kube::Client, version: &str, name: &str) {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn admission_refuses_deleting_an_in_use_nad() {
-    let Some((client, _op)) = setup().await else {
-        return;
-    };
+    let (client, _op) = setup().await;
     let Some(version) = policy_version(&client).await else {
         eprintln!(
             "SKIPPED admission e2e: the API server serves ValidatingAdmissionPolicy neither as v1 nor as v1beta1"

@@ -11,9 +11,7 @@ use serde_json::json;
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn release_finalizers_leaves_no_nad_with_our_finalizer() {
-    let Some((client, op)) = setup().await else {
-        return;
-    };
+    let (client, op) = setup().await;
     let t = TestNs::new(&client, "uninstall").await;
     t.create_nad("a").await;
     t.create_nad("b").await;
