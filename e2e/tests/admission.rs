@@ -42,17 +42,14 @@ struct Stage {
 }
 
 /// The cluster, with the pod policy installed (`policy`) or not, and the
-/// operator seeing it so. None when the API server serves no admission policy.
-async fn stage(policy: bool) -> Option<Stage> {
+/// operator seeing it so; panics when the API server serves no admission policies.
+async fn stage(policy: bool) -> Stage {
     let turn = TURN.lock().await;
     let client = cluster().await;
     ensure_operator_namespace(&client).await;
-    let Some(version) = policy_version(&client).await else {
-        eprintln!(
-            "SKIPPED pod admission e2e: the API server serves ValidatingAdmissionPolicy neither as v1 nor as v1beta1"
-        );
-        return None;
-    };
+    let version = policy_version(&client).await.expect(
+        "the API server serves ValidatingAdmissionPolicy neither as v1 nor as v1beta1: use Kubernetes 1.30 or later, or 1.28/1.29 with --feature-gates=ValidatingAdmissionPolicy=true --runtime-config=admissionregistration.k8s.io/v1beta1=true",
+    );
     let guard = if policy {
         install_pod_policy(&client, version).await;
         Some(PolicyGuard)
@@ -73,12 +70,12 @@ async fn stage(policy: bool) -> Option<Stage> {
             "not in force (binding absent, or Warn only)"
         }
     );
-    Some(Stage {
+    Stage {
         client,
         _op: op,
         _policy: guard,
         _turn: turn,
-    })
+    }
 }
 
 /// Polls with dry-run creates (admission runs, nothing is stored) until the
@@ -136,9 +133,7 @@ async fn wait_unmarked(client: &Client, key: &str) {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_pod_naming_a_nad_being_deleted_is_refused_and_other_pods_are_admitted() {
-    let Some(s) = stage(true).await else {
-        return;
-    };
+    let s = stage(true).await;
     let client = &s.client;
     let t = TestNs::new(client, "podadm").await;
     let other = TestNs::new(client, "podadm-other").await;
@@ -227,9 +222,7 @@ async fn a_pod_naming_a_nad_being_deleted_is_refused_and_other_pods_are_admitted
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_pod_naming_a_nad_of_a_namespace_being_deleted_is_refused() {
-    let Some(s) = stage(true).await else {
-        return;
-    };
+    let s = stage(true).await;
     let client = &s.client;
     let doomed = TestNs::new(client, "podadm-doomed").await;
     let from = TestNs::new(client, "podadm-from").await;
@@ -328,9 +321,7 @@ async fn a_pod_naming_a_nad_of_a_namespace_being_deleted_is_refused() {
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn without_the_pod_policy_no_nad_is_released_early_and_the_finalizer_holds() {
-    let Some(s) = stage(false).await else {
-        return;
-    };
+    let s = stage(false).await;
     let client = &s.client;
     let doomed = TestNs::new(client, "nopolicy-ns").await;
     doomed.create_nad("unused").await;
@@ -412,9 +403,7 @@ async fn without_the_pod_policy_no_nad_is_released_early_and_the_finalizer_holds
 #[tokio::test]
 #[ignore = "needs a cluster: just e2e-local"]
 async fn a_nad_not_yet_protected_cannot_be_deleted() {
-    let Some(s) = stage(true).await else {
-        return;
-    };
+    let s = stage(true).await;
     let client = &s.client;
     let t = TestNs::new(client, "pending").await;
     let op = Operator::ensure(client).await;

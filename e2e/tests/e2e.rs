@@ -357,10 +357,9 @@ async fn dual_stack_addresses_split_by_family() {
     let spec = json!({"clusterIP": "None", "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]});
     let svc = serde_json::from_value(opted_in("web", "net", "app=web", spec)).unwrap();
     if let Err(e) = t.services().create(&Default::default(), &svc).await {
-        println!(
-            "SKIPPED dual_stack_addresses_split_by_family: this cluster refuses a dual-stack Service ({e})"
+        panic!(
+            "the API server refuses a headless dual-stack Service without selector ({e}); every API server since 1.23 accepts one whatever its own families: is this a supported cluster?"
         );
-        return;
     }
     let slices: Vec<EndpointSlice> = eventually("one slice per family", || async {
         let s = t.slices("web").await;
