@@ -1214,7 +1214,9 @@ mod tests {
         patch.respond(409, fixtures::status(409, "Conflict"));
         let mut changed = obj.clone();
         changed["metadata"]["resourceVersion"] = json!("8");
-        api.expect(Method::GET, NAD_PATH).await.respond(200, changed);
+        api.expect(Method::GET, NAD_PATH)
+            .await
+            .respond(200, changed);
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
         api.expect_silence().await;
     }
