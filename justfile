@@ -80,3 +80,7 @@ e2e-local:
 bench-scale *ARGS:
     cargo build --release --bin k8s-net-attach-def-controller
     cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}
+
+# Pod CREATE latency with and without the pod admission policy, against the current KUBECONFIG (no operator; see docs/benchmarks.md).
+bench-admission *ARGS:
+    cargo run --release -p nadc-e2e --bin bench-admission -- {{ARGS}}

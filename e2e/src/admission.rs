@@ -17,6 +17,7 @@
 //! `assert_policy_enforced` detects an API server in that state.
 
 use crate::operator::{NAMESPACE, Operator};
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -90,7 +91,8 @@ fn policies(client: &Client, version: &str) -> Api<DynamicObject> {
     )
 }
 
-fn bindings(client: &Client, version: &str) -> Api<DynamicObject> {
+/// The ValidatingAdmissionPolicyBinding API at `version`.
+pub fn bindings(client: &Client, version: &str) -> Api<DynamicObject> {
     admission_api(
         client,
         version,
@@ -102,20 +104,27 @@ fn bindings(client: &Client, version: &str) -> Api<DynamicObject> {
 /// Creates the operator's namespace if missing: the ConfigMap lives there
 /// (a bare API server has none, and the local operator does not create it).
 pub async fn ensure_operator_namespace(client: &Client) {
+    try_ensure_operator_namespace(client)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `ensure_operator_namespace`, with errors returned.
+pub async fn try_ensure_operator_namespace(client: &Client) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api
         .get_opt(NAMESPACE)
         .await
-        .expect("get namespace")
+        .with_context(|| format!("get namespace {NAMESPACE}"))?
         .is_some()
     {
-        return;
+        return Ok(());
     }
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
     match api.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create namespace {NAMESPACE}: {e}"),
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("create namespace {NAMESPACE}")),
     }
 }
 
@@ -123,18 +132,45 @@ pub async fn ensure_operator_namespace(client: &Client) {
 /// their bindings, as they are in the manifests, under `version`: the pod
 /// policy, and the NAD delete policy that refuses a NAD not yet protected.
 pub async fn install_pod_policy(client: &Client, version: &str) {
-    let pod: Vec<Value> =
-        serde_saphyr::from_multiple(include_str!("../../manifests/pod-admission-policy.yaml"))
-            .expect("parse manifests/pod-admission-policy.yaml");
-    let delete: Vec<Value> =
-        serde_saphyr::from_multiple(include_str!("../../manifests/admission-policy.yaml"))
-            .expect("parse manifests/admission-policy.yaml");
-    for (docs, name) in [(&pod, POD_POLICY), (&delete, PENDING_POLICY)] {
-        install_policy(client, version, docs, name).await;
+    let installed = async {
+        let pod = manifest_docs(
+            "manifests/pod-admission-policy.yaml",
+            include_str!("../../manifests/pod-admission-policy.yaml"),
+        )?;
+        let delete = manifest_docs(
+            "manifests/admission-policy.yaml",
+            include_str!("../../manifests/admission-policy.yaml"),
+        )?;
+        for (docs, name) in [(&pod, POD_POLICY), (&delete, PENDING_POLICY)] {
+            try_install_policy(client, version, docs, name).await?;
+        }
+        anyhow::Ok(())
     }
+    .await;
+    installed.unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-async fn install_policy(client: &Client, version: &str, docs: &[Value], name: &str) {
+/// Installs the shipped pod policy and its binding alone (not the NAD
+/// delete policy), under `version`, with errors returned: for
+/// `bench-admission`, which measures the pod policy's cost.
+pub async fn try_install_pod_policy_alone(client: &Client, version: &str) -> anyhow::Result<()> {
+    let pod = manifest_docs(
+        "manifests/pod-admission-policy.yaml",
+        include_str!("../../manifests/pod-admission-policy.yaml"),
+    )?;
+    try_install_policy(client, version, &pod, POD_POLICY).await
+}
+
+fn manifest_docs(path: &str, text: &str) -> anyhow::Result<Vec<Value>> {
+    serde_saphyr::from_multiple(text).with_context(|| format!("parse {path}"))
+}
+
+async fn try_install_policy(
+    client: &Client,
+    version: &str,
+    docs: &[Value],
+    name: &str,
+) -> anyhow::Result<()> {
     // A disarmed binding warns (`disarm_pod_policy`): validationActions is
     // a set, which server-side apply would merge into [Warn, Deny], which
     // the API server refuses. A merge patch replaces it first.
@@ -152,7 +188,7 @@ async fn install_policy(client: &Client, version: &str, docs: &[Value], name: &s
         let mut doc = docs
             .iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("the manifests have no {kind} {name}"))
+            .with_context(|| format!("the manifests have no {kind} {name}"))?
             .clone();
         doc["apiVersion"] = json!(format!("admissionregistration.k8s.io/{version}"));
         let api = if kind == "ValidatingAdmissionPolicy" {
@@ -162,8 +198,9 @@ async fn install_policy(client: &Client, version: &str, docs: &[Value], name: &s
         };
         api.patch(name, &ssa, &Patch::Apply(&doc))
             .await
-            .unwrap_or_else(|e| panic!("install the shipped {kind} {name} as {version}: {e}"));
+            .with_context(|| format!("install the shipped {kind} {name} as {version}"))?;
     }
+    Ok(())
 }
 
 /// Takes the policies `install_pod_policy` installs out of force without
