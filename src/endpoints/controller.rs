@@ -12,7 +12,7 @@ use super::slices::SlicePlan;
 use super::tracker::SliceTracker;
 use super::watch::{OtherSlices, OurSlices, ServiceWatch, slice_watches};
 use crate::model::ObjectKey;
-use crate::runtime::events::{LastNotes, note_changed};
+use crate::runtime::events::LastNotes;
 use crate::runtime::{Shared, shutdown, telemetry};
 use crate::{Error, Result, names};
 use futures::{Stream, StreamExt};
@@ -64,19 +64,19 @@ impl Context {
             slices,
             others,
             tracker: Mutex::default(),
-            last_warning: Mutex::default(),
-            last_foreign: Mutex::default(),
+            last_warning: LastNotes::default(),
+            last_foreign: LastNotes::default(),
             mirroring_stopped: Mutex::default(),
-            last_updated: Mutex::default(),
+            last_updated: LastNotes::default(),
             retries: Default::default(),
         }
     }
 
     pub(super) fn forget(&self, key: &ObjectKey) {
-        self.last_warning.lock().unwrap().remove(key);
-        self.last_foreign.lock().unwrap().remove(key);
+        self.last_warning.forget(key);
+        self.last_foreign.forget(key);
         self.mirroring_stopped.lock().unwrap().remove(key);
-        self.last_updated.lock().unwrap().remove(key);
+        self.last_updated.forget(key);
     }
 }
 
@@ -130,7 +130,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
             warn_once(&ctx.last_warning, &ctx, &svc, &key, reason, message).await
         }
         _ => {
-            ctx.last_warning.lock().unwrap().remove(&key);
+            ctx.last_warning.forget(&key);
         }
     }
     let cleanup = {
@@ -143,7 +143,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
         let reason = names::reasons::FOREIGN_ENDPOINT_SLICES;
         warn_once(&ctx.last_foreign, &ctx, &svc, &key, reason, &message).await;
     } else {
-        ctx.last_foreign.lock().unwrap().remove(&key);
+        ctx.last_foreign.forget(&key);
     }
     if !decision.plan.is_empty() {
         apply_plan(&ctx, &key, &decision.plan).await?;
@@ -167,7 +167,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
             endpoints = decision.endpoints,
             "{note}"
         );
-        if note_changed(&ctx.last_updated, &key, &note) {
+        if let Some(receipt) = ctx.last_updated.claim(&key, &note) {
             // A new Event, not the Recorder's series, which would keep the
             // first note ("1 endpoints") and only count the rest.
             ctx.shared.publish_state_change(
@@ -179,6 +179,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
                     secondary: None,
                 },
                 &service_reference(&svc),
+                receipt,
             );
         }
     } else {
@@ -199,9 +200,9 @@ async fn warn_once(
     message: &str,
 ) {
     let text = format!("{reason}: {message}");
-    if note_changed(last, key, &text) {
+    if let Some(receipt) = last.claim(key, &text) {
         warn!(reason, "{message}");
-        ctx.shared.publish(
+        ctx.shared.publish_claimed(
             Event {
                 type_: EventType::Warning,
                 reason: reason.into(),
@@ -210,6 +211,7 @@ async fn warn_once(
                 secondary: None,
             },
             &service_reference(svc),
+            receipt,
         );
     }
 }

@@ -9,7 +9,7 @@ use super::gauges::NadGauges;
 use super::live::{LiveResult, SharedList, live_users};
 use super::tracker::NadWrites;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey};
-use crate::runtime::events::{LastNotes, note_changed};
+use crate::runtime::events::LastNotes;
 use crate::runtime::{Shared, shutdown, telemetry};
 use crate::{Error, Result, names};
 use backon::Retryable;
@@ -81,7 +81,7 @@ impl Context {
             nads,
             namespaces,
             namespaces_synced: tokio::sync::watch::channel(true).1,
-            last_blocked: Mutex::default(),
+            last_blocked: LastNotes::default(),
             writes: Mutex::default(),
             live: SharedList::with_gather(gather),
             api_slots: tokio::sync::Semaphore::new(API_CONCURRENCY),
@@ -184,7 +184,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
             Action::await_change()
         }
         Decision::Protected | Decision::Unprotected | Decision::Released => {
-            ctx.last_blocked.lock().unwrap().remove(&state.key);
+            ctx.last_blocked.forget(&state.key);
             Action::await_change()
         }
         Decision::Blocked { users } => {
@@ -396,7 +396,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<bool
     let written = match removed {
         Removal::Removed(written) => written,
         Removal::NotHeld => {
-            ctx.last_blocked.lock().unwrap().remove(&cached.key);
+            ctx.last_blocked.forget(&cached.key);
             return Ok(true);
         }
         Removal::Withheld => {
@@ -404,7 +404,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<bool
             return Ok(false);
         }
     };
-    ctx.last_blocked.lock().unwrap().remove(&cached.key);
+    ctx.last_blocked.forget(&cached.key);
     ctx.shared.metrics.nad_patches.inc();
     record_write(ctx, cached, written.as_deref(), true);
     if cached.namespace_terminating {
@@ -453,7 +453,7 @@ async fn still_used(ctx: &Context, nad: &NadMeta, state: &NadState, users: &[Obj
 async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     let key = ObjectKey::of(nad);
     let message = decide::blocked_message(users);
-    if note_changed(&ctx.last_blocked, &key, &message) {
+    if let Some(receipt) = ctx.last_blocked.claim(&key, &message) {
         info!(users = users.len(), "deletion blocked");
         ctx.shared.publish_state_change(
             Event {
@@ -464,6 +464,7 @@ async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
                 secondary: None,
             },
             &nad_reference(&nad.metadata),
+            receipt,
         );
     }
 }

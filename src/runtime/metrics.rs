@@ -28,6 +28,12 @@ pub struct AnnotationLabels {
     pub annotation: String,
 }
 
+/// Why an Event was dropped (`events::DropReason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventDropLabels {
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabel {
     pub trace_id: String,
@@ -47,7 +53,7 @@ pub struct Metrics {
     pub nad_patches: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
-    pub events_dropped: Counter,
+    pub events_dropped: super::events::Drops,
     pub pod_admission_policy_active: Gauge,
 }
 
@@ -73,7 +79,14 @@ impl Default for Metrics {
         let nad_patches = Counter::default();
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         let pods_indexed = Gauge::default();
-        let events_dropped = Counter::default();
+        let events_dropped = super::events::Drops::default();
+        // Every reason from the start, so that a rate or an alert has a
+        // series before the first drop.
+        for reason in super::events::DropReason::ALL {
+            drop(events_dropped.get_or_create(&EventDropLabels {
+                reason: reason.label().into(),
+            }));
+        }
         let pod_admission_policy_active = Gauge::default();
         registry.register(
             "pod_admission_policy_active",
@@ -142,7 +155,7 @@ impl Default for Metrics {
         );
         registry.register(
             "events_dropped",
-            "Kubernetes Events dropped because too many were waiting to be sent",
+            "Kubernetes Events that never reached the API server, by reason: queue_full (too many waiting), write_failed (refused on every attempt, or for good), shutdown (still queued at the drain deadline on shutdown or on losing the lead)",
             events_dropped.clone(),
         );
         Metrics {
@@ -258,6 +271,9 @@ mod tests {
             "nadc_nad_deletions_blocked 0",
             "nadc_endpointslice_writes_total{verb=\"create\"} 1",
             "nadc_pods_indexed 0",
+            "nadc_events_dropped_total{reason=\"queue_full\"} 0",
+            "nadc_events_dropped_total{reason=\"write_failed\"} 0",
+            "nadc_events_dropped_total{reason=\"shutdown\"} 0",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -64,9 +64,25 @@ impl Shared {
 
     /// Publishes an Event through the Recorder's series (see
     /// `events::Kind::Series`). It is queued: the caller never waits for
-    /// the API server, and a failure is logged, never the caller's error.
+    /// the API server, and a failure is logged and counted, never the
+    /// caller's error.
     pub fn publish(&self, event: Event, regarding: &ObjectReference) {
-        self.events.send(event, regarding, events::Kind::Series);
+        self.events
+            .send(event, regarding, events::Kind::Series, None);
+    }
+
+    /// As `publish`, for a note claimed from a `LastNotes`
+    /// (`LastNotes::claim`): the note counts as sent once the API server has
+    /// accepted the Event, and a dropped one is published again on the next
+    /// claim of the same note.
+    pub fn publish_claimed(
+        &self,
+        event: Event,
+        regarding: &ObjectReference,
+        receipt: events::Receipt,
+    ) {
+        self.events
+            .send(event, regarding, events::Kind::Series, Some(receipt));
     }
 
     /// Publishes an Event that describes a state which has just changed (who
@@ -74,9 +90,23 @@ impl Shared {
     /// object. The Recorder folds repeats of one reason on one object into a
     /// series that keeps the first note and only raises its count, so a
     /// changed note would never reach `kubectl describe`. Callers publish
-    /// only when the state changes, so this adds one Event per change.
-    pub fn publish_state_change(&self, event: Event, regarding: &ObjectReference) {
+    /// only when the state changes (`LastNotes::claim`), so this adds one
+    /// Event per change; the receipt records the note as sent once the API
+    /// server has accepted it.
+    pub fn publish_state_change(
+        &self,
+        event: Event,
+        regarding: &ObjectReference,
+        receipt: events::Receipt,
+    ) {
         self.events
-            .send(event, regarding, events::Kind::StateChange);
+            .send(event, regarding, events::Kind::StateChange, Some(receipt));
+    }
+
+    /// Sends the queued Events until `within` has passed, then drops and
+    /// counts the rest (`events::Outbox::drain`). For shutdown and a lost
+    /// lead, once the controllers are stopped.
+    pub async fn drain_events(&self, within: std::time::Duration) -> events::Drained {
+        self.events.drain(within).await
     }
 }
