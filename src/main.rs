@@ -4,13 +4,14 @@
 
 use clap::Parser;
 use futures::FutureExt;
-use nadc::runtime::config::{Cli, Command, RunArgs};
+use nadc::runtime::config::{
+    Cli, Command, EVENT_DRAIN_DEADLINE, LEASE_RELEASE_TIMEOUT, RunArgs, SHUTDOWN_RECONCILE_GRACE,
+};
 use nadc::runtime::leader::{self, Leadership};
 use nadc::runtime::{Shared, http, metrics::Metrics, telemetry};
 use nadc::{endpoints, feed, plan, protection, release};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
@@ -145,7 +146,7 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
         tokio::select! {
             _ = l.acquired() => info!("leadership acquired"),
             _ = termination() => {
-                l.release(Duration::from_secs(5)).await;
+                l.release(LEASE_RELEASE_TIMEOUT).await;
                 return ExitCode::SUCCESS;
             }
         }
@@ -204,30 +205,39 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
             if let Some(tx) = stop_tx.take() {
                 let _ = tx.send(());
             }
-            let finish = tokio::time::timeout(Duration::from_secs(20), &mut controllers);
+            let finish = tokio::time::timeout(SHUTDOWN_RECONCILE_GRACE, &mut controllers);
             match leader::while_leading(finish, lost()).await {
                 None => lost_leadership = true,
-                Some(Err(_)) => error!("controllers did not stop within 20 s"),
+                Some(Err(_)) => {
+                    error!(grace = ?SHUTDOWN_RECONCILE_GRACE, "controllers did not stop in time")
+                }
                 Some(Ok(_)) => {}
             }
         }
     }
     if lost_leadership {
-        // Nothing more of ours is sent: the controllers are dropped here,
-        // and returning ends the runtime with every task it still runs
-        // (the pod feed, queued Events).
+        // No write of ours follows: the controllers are dropped here, and
+        // returning ends the runtime with every task it still runs. Only
+        // the Events already queued, which change nothing, still go out
+        // until the drain deadline.
         drop(controllers);
         feed_task.abort();
         error!(
             "leadership lost; in-flight reconciles cancelled, stopping so that this replica restarts as a standby"
         );
+        shared.drain_events(EVENT_DRAIN_DEADLINE).await;
         return ExitCode::FAILURE;
     }
     feed_task.abort();
     ready_task.abort();
-    if let Some(l) = leadership {
-        l.release(Duration::from_secs(5)).await;
-    }
+    // The Lease goes while the queued Events do, so that a standby takes
+    // over without waiting for them.
+    let release = async {
+        if let Some(l) = leadership {
+            l.release(LEASE_RELEASE_TIMEOUT).await;
+        }
+    };
+    futures::future::join(release, shared.drain_events(EVENT_DRAIN_DEADLINE)).await;
     match http_task.await {
         Ok(Err(e)) => error!(error = %e, "the HTTP server failed"),
         Err(e) => error!(error = %e, "the HTTP server task panicked"),

@@ -342,3 +342,27 @@ fn each_overlay_does_what_it_promises() {
         "v1beta1-admission is base with the policies' apiVersion changed"
     );
 }
+
+/// On SIGTERM the operator lets reconciles finish, then releases the Lease
+/// while the queued Events go out; the kubelet must not kill it before
+/// (`runtime::config::shutdown_budget`).
+#[test]
+fn the_shutdown_fits_in_the_termination_grace_period() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/manifests/deployment.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let d = deployment(&docs);
+    let grace = d
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .termination_grace_period_seconds;
+    let grace = std::time::Duration::from_secs(grace.expect("set").try_into().unwrap());
+    let budget = nadc::runtime::config::shutdown_budget();
+    assert!(
+        budget < grace,
+        "shutdown takes up to {budget:?}, the grace period is {grace:?}"
+    );
+}

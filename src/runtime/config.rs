@@ -153,6 +153,25 @@ pub const DEFAULT_LIST_PAGE_SIZE: u32 = 100;
 /// the shared live LIST starts (see `protection::live::SharedList`).
 pub const DEFAULT_LIVE_LIST_GATHER: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The shutdown budget, which the pod's `terminationGracePeriodSeconds`
+/// (30 s in `manifests/deployment.yaml`) must exceed; a test checks it. On
+/// SIGTERM, reconciles in flight get `SHUTDOWN_RECONCILE_GRACE` to finish;
+/// then the Lease is released (at most `LEASE_RELEASE_TIMEOUT`) while the
+/// queued Events go out (at most `EVENT_DRAIN_DEADLINE`). On losing the lead
+/// only the Events are drained, before the process exits.
+pub const SHUTDOWN_RECONCILE_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long releasing the Lease may take on shutdown.
+pub const LEASE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the Event outbox may take to send what it holds on shutdown or
+/// on losing the lead; what is still queued then is dropped and counted
+/// (`nadc_events_dropped_total{reason="shutdown"}`).
+pub const EVENT_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest shutdown the budget above allows.
+pub fn shutdown_budget() -> std::time::Duration {
+    SHUTDOWN_RECONCILE_GRACE + LEASE_RELEASE_TIMEOUT.max(EVENT_DRAIN_DEADLINE)
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
