@@ -1194,7 +1194,7 @@ mod tests {
     #[tokio::test]
     async fn a_sync_conflict_rereads_the_nad_with_its_namespace_being_deleted() {
         let user = cross_namespace_user();
-        let (ctx, mut api) = context_in(&[user.clone()], &[("default", true)]);
+        let (ctx, mut api) = context_in(std::slice::from_ref(&user), &[("default", true)]);
         let obj = nad(false, &[]);
         let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
         api.expect_admission_mark("default.foo-network", names::REFUSAL_NAMESPACE_DELETED)
