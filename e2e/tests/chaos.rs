@@ -12,7 +12,7 @@
 //! operator's code), is a violation. Then, once the churn stops and the
 //! operator settles: no NAD being deleted without a user, every other NAD
 //! protected (or released early in a namespace being deleted, unused), the
-//! in-use label exact, and the slices exact: for each opted-in Service,
+//! in-use label exact on every NAD not being deleted, and the slices exact: for each opted-in Service,
 //! every EndpointSlice under its name (what kube-proxy reads, whoever wrote
 //! it) holds exactly the addresses the test wrote into its pods'
 //! network-status for the Service's network, with the readiness it wrote.
@@ -851,7 +851,11 @@ async fn end_state_problems(c: &Chaos, namespaces: &[String]) -> Vec<String> {
         if !deleting && !held && !early {
             problems.push(format!("{key} is not protected (used by {used_by:?})"));
         }
-        if labelled != used {
+        // The label says whether pods use a NAD that is not being deleted
+        // (what the in-use delete policy reads); once the NAD is being
+        // deleted the operator no longer writes it (a deleting NAD's
+        // DeletionBlocked Event names its users instead).
+        if !deleting && labelled != used {
             let written = c.written.lock().unwrap();
             let how: Vec<String> = used_by
                 .iter()
