@@ -809,3 +809,145 @@ async fn a_foreign_slice_is_left_alone_and_named_in_a_warning() {
         "the Service is mixed, as the Warning says"
     );
 }
+
+/// A migrated Service whose user puts `spec.selector` back: Kubernetes
+/// publishes its own slices for it again, and those must never be deleted
+/// as leftovers (the cleanup reads the Service live before it deletes
+/// another manager's slice). Every slice under the Service's name is
+/// watched for the whole test.
+#[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
+async fn kubernetes_slices_of_a_service_whose_selector_is_back_are_never_deleted() {
+    let (client, _op) = setup().await;
+    let t = TestNs::new(&client, "selector-back").await;
+    t.create_nad("br0").await;
+    t.create_pod(
+        "sb-a",
+        json!({names::NETWORKS_ANNOTATION: "br0"}),
+        json!({"app": "sb"}),
+    )
+    .await;
+    t.set_network_status(
+        "sb-a",
+        nadc_e2e::status_entries(&nad_path(&t, "br0"), &["192.168.8.8"]),
+    )
+    .await;
+    t.set_pod_status("sb-a", "Running", true).await;
+    t.set_pod_ip("sb-a", "10.244.8.8").await;
+    // Migrated: opted in, the selector in the annotation, none in the spec.
+    let svc = t
+        .create_service(json!({
+            "metadata": {"name": "sb", "annotations": {
+                names::NETWORKS_ANNOTATION: "br0", names::SELECTOR_ANNOTATION: "app=sb"}},
+            "spec": {"publishNotReadyAddresses": true, "ports": [{"protocol": "TCP", "port": 80}]}
+        }))
+        .await;
+    eventually("sb serves 192.168.8.8", || async {
+        (t.served_addresses("sb").await == vec!["192.168.8.8".to_string()]).then_some(())
+    })
+    .await;
+
+    // From here on, every slice under the Service's name.
+    let lp = kube::api::ListParams::default().labels(&format!("{}=sb", names::LABEL_SERVICE_NAME));
+    let rv = t
+        .slices_api()
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let wp = kube::api::WatchParams::default()
+        .labels(&format!("{}=sb", names::LABEL_SERVICE_NAME))
+        .timeout(60);
+    let mut events = t.slices_api().watch(&wp, &rv).await.unwrap().boxed();
+    let deleted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let watching = {
+        let deleted = deleted.clone();
+        tokio::spawn(async move {
+            use futures::TryStreamExt;
+            while let Ok(Some(event)) = events.try_next().await {
+                if let kube::api::WatchEvent::Deleted(s) = event {
+                    let manager = s
+                        .metadata
+                        .labels
+                        .unwrap_or_default()
+                        .get(names::LABEL_MANAGED_BY)
+                        .cloned()
+                        .unwrap_or_default();
+                    deleted
+                        .lock()
+                        .unwrap()
+                        .push((s.metadata.name.unwrap_or_default(), manager));
+                }
+            }
+        })
+    };
+
+    // The user puts the selector back.
+    let patch = json!({"spec": {"selector": {"app": "sb"}}});
+    t.services()
+        .patch("sb", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    // Kubernetes' slice, or (no endpoint controllers here) one in its shape.
+    let start = std::time::Instant::now();
+    let theirs = loop {
+        let theirs: Vec<EndpointSlice> = t
+            .served_slices("sb")
+            .await
+            .into_iter()
+            .filter(|s| {
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(names::LABEL_MANAGED_BY))
+                    != Some(&names::MANAGED_BY.to_string())
+            })
+            .collect();
+        if !theirs.is_empty() {
+            break theirs;
+        }
+        if start.elapsed() > KUBERNETES_GRACE {
+            println!("no EndpointSlice controller answered: writing its slice as it would");
+            let owner = controller_ref("v1", "Service", "sb", svc.metadata.uid.as_deref().unwrap());
+            let slice =
+                kubernetes_slice(&owner, "sb", names::KUBERNETES_SLICE_MANAGER, "10.244.8.8");
+            break vec![
+                t.slices_api()
+                    .create(&Default::default(), &slice)
+                    .await
+                    .unwrap(),
+            ];
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    t.wait_event("Service", "sb", names::reasons::SELECTOR_CONFLICT)
+        .await;
+    // Long enough for any cleanup, re-list and periodic pass to act.
+    consistently(
+        "Kubernetes' slices of sb stay",
+        Duration::from_secs(10),
+        || async {
+            let names: Vec<String> = t
+                .served_slices("sb")
+                .await
+                .iter()
+                .filter_map(|s| s.metadata.name.clone())
+                .collect();
+            theirs
+                .iter()
+                .all(|s| names.contains(s.metadata.name.as_ref().unwrap()))
+        },
+    )
+    .await;
+    watching.abort();
+    let deleted = deleted.lock().unwrap().clone();
+    assert!(
+        deleted
+            .iter()
+            .all(|(_, manager)| manager == names::MANAGED_BY),
+        "slices of another manager were deleted: {deleted:?}"
+    );
+    println!("deleted while the selector was back: {deleted:?} (ours only)");
+}
