@@ -4,6 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 image := env_var_or_default("IMAGE", "k8s-net-attach-def-controller:dev")
 cluster := env_var_or_default("KIND_CLUSTER", "nadc-e2e")
+operator_sa := "system:serviceaccount:net-attach-def-system:k8s-net-attach-def-controller"
 
 default:
     @just --list
@@ -66,15 +67,18 @@ e2e:
 
 # End-to-end against the current KUBECONFIG, the operator started locally by the harness.
 # The e2e tests are #[ignore]d (they need a cluster), hence --ignored.
+# The local operator runs as the shipped ServiceAccount (E2E_OPERATOR_AS: its client impersonates it),
+# with the shipped RBAC applied first, so that the suite fails on any permission the code lacks.
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
-    E2E_CONTROLLER=local cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
-    cargo test -p nadc-e2e --test handover -- --ignored
+    kubectl apply -f manifests/namespace.yaml -f manifests/serviceaccount.yaml -f manifests/rbac.yaml -f manifests/leader-election-rbac.yaml
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
+    E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test handover -- --ignored
     # alone: they install the pod admission policy, whose binding covers every pod
-    E2E_CONTROLLER=local cargo test -p nadc-e2e --test admission -- --ignored
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test admission -- --ignored
     # SIGKILLs the operator every 30-45 s; E2E_CHAOS_SECONDS (default 150), E2E_CHAOS_SEED
-    E2E_CONTROLLER=local cargo test -p nadc-e2e --test chaos -- --ignored --nocapture
-    E2E_CONTROLLER=local cargo test -p nadc-e2e --test uninstall -- --ignored
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test chaos -- --ignored --nocapture
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test uninstall -- --ignored
 
 # Scale benchmark against the current KUBECONFIG (see README: Testing).
 bench-scale *ARGS:

@@ -177,6 +177,13 @@ impl Operator {
                 )
                 .stdout(out.try_clone().unwrap())
                 .stderr(out);
+                // E2E_OPERATOR_AS=system:serviceaccount:<ns>:<sa> runs the
+                // local operator with that identity's permissions only (the
+                // client impersonates it: kube's debug override), so that
+                // the shipped RBAC, once applied, is what the suite exercises.
+                if let Ok(user) = std::env::var("E2E_OPERATOR_AS") {
+                    cmd.env("KUBE_RS_DEBUG_IMPERSONATE_USER", user);
+                }
                 let child = spawn_tied(cmd).expect("start the operator");
                 // Besides the kernel's parent-death signal (Linux only), a
                 // watchdog ends the operator when this test process ends; it
