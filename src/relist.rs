@@ -3,9 +3,13 @@
 //! each `InitApply` as it came would show half a list, and would never notice
 //! the objects deleted while the watch was down. Every index built from a
 //! watch feeds its events through a [`Relist`] and gets back either one
-//! change to apply now or the whole new list to swap in.
+//! change to apply now or the whole new list to swap in. State kept beside
+//! a cache per object learns which objects the watch lost from
+//! [`Departures`].
 
 use kube::runtime::watcher;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The items of a re-list in progress.
 #[derive(Debug)]
@@ -98,6 +102,69 @@ impl<'a, K> EventLike for &'a watcher::Event<K> {
     }
 }
 
+/// Which objects a watch has lost. A `Delete` names one; a re-list names
+/// none: an object deleted while the watch was down is simply missing from
+/// it, and no event ever says so. So when a re-list starts, `Departures`
+/// takes what the cache held before, strikes off each object the re-list
+/// shows (same namespace, name and uid), and once it completes reports the
+/// rest as gone. Only what the cache held is kept, and only during a
+/// re-list.
+#[derive(Debug)]
+pub struct Departures<K> {
+    /// During a re-list: what the cache held before it and the re-list has
+    /// not shown yet.
+    unseen: Option<HashMap<Identity, Arc<K>>>,
+}
+
+/// Namespace, name and uid: an object re-created under its name while the
+/// watch was down is another object, and the old one is gone.
+type Identity = (Option<String>, Option<String>, Option<String>);
+
+fn identity<K: kube::Resource>(obj: &K) -> Identity {
+    let meta = obj.meta();
+    (meta.namespace.clone(), meta.name.clone(), meta.uid.clone())
+}
+
+impl<K> Default for Departures<K> {
+    fn default() -> Self {
+        Departures { unseen: None }
+    }
+}
+
+impl<K: kube::Resource + Clone> Departures<K> {
+    /// Feeds one event, and returns the objects it shows gone. `held` gives
+    /// what the cache holds; it is called when a re-list starts (`Init`),
+    /// before the cache has swapped in anything of the re-list.
+    pub fn feed(
+        &mut self,
+        event: &watcher::Event<K>,
+        held: impl FnOnce() -> Vec<Arc<K>>,
+    ) -> Vec<Arc<K>> {
+        match event {
+            watcher::Event::Init => {
+                // A re-list that restarts before it completed: the cache
+                // still holds what it held before the first attempt.
+                let before = held().into_iter().map(|o| (identity(o.as_ref()), o));
+                self.unseen = Some(before.collect());
+                Vec::new()
+            }
+            watcher::Event::InitApply(obj) => {
+                if let Some(unseen) = &mut self.unseen {
+                    unseen.remove(&identity(obj));
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => self
+                .unseen
+                .take()
+                .map(|unseen| unseen.into_values().collect())
+                .unwrap_or_default(),
+            watcher::Event::Apply(_) => Vec::new(),
+            watcher::Event::Delete(obj) => vec![Arc::new(obj.clone())],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +207,72 @@ mod tests {
         assert!(matches!(by_ref(&owned), Event::InitApply(&4)));
         assert!(matches!(map_event(owned, |x| x + 1), Event::InitApply(5)));
         assert!(matches!(map_event(&Event::<u8>::Init, |x| *x), Event::Init));
+    }
+
+    fn cm(name: &str, uid: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+        let mut c = k8s_openapi::api::core::v1::ConfigMap::default();
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.name = Some(name.into());
+        c.metadata.uid = Some(uid.into());
+        c
+    }
+
+    fn names<K: kube::Resource>(gone: Vec<Arc<K>>) -> Vec<(String, String)> {
+        let mut out: Vec<_> = gone
+            .iter()
+            .map(|o| {
+                let m = o.meta();
+                (m.name.clone().unwrap(), m.uid.clone().unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_delete_is_a_departure_and_an_apply_is_not() {
+        let mut d = Departures::default();
+        let nothing_held = || -> Vec<Arc<_>> { unreachable!("no re-list") };
+        assert!(d.feed(&Event::Apply(cm("a", "1")), nothing_held).is_empty());
+        let gone = d.feed(&Event::Delete(cm("a", "1")), nothing_held);
+        assert_eq!(names(gone), [("a".into(), "1".into())]);
+    }
+
+    #[test]
+    fn what_a_relist_no_longer_shows_departs_when_it_completes() {
+        let mut d = Departures::default();
+        let held = vec![
+            Arc::new(cm("kept", "1")),
+            Arc::new(cm("deleted", "2")),
+            Arc::new(cm("recreated", "3")),
+        ];
+        assert!(d.feed(&Event::Init, || held).is_empty());
+        for obj in [cm("kept", "1"), cm("recreated", "4"), cm("new", "5")] {
+            assert!(d.feed(&Event::InitApply(obj), Vec::new).is_empty());
+        }
+        let gone = d.feed(&Event::InitDone, Vec::new);
+        assert_eq!(
+            names(gone),
+            [
+                ("deleted".into(), "2".into()),
+                ("recreated".into(), "3".into())
+            ],
+            "deleted while the watch was down, and the old object of a re-created name"
+        );
+        // the next re-list starts from what the cache holds then
+        d.feed(&Event::Init, || vec![Arc::new(cm("kept", "1"))]);
+        d.feed(&Event::InitApply(cm("kept", "1")), Vec::new);
+        assert!(d.feed(&Event::InitDone, Vec::new).is_empty());
+    }
+
+    #[test]
+    fn the_first_list_and_a_restarted_relist_lose_nothing_that_is_listed() {
+        let mut d = Departures::<k8s_openapi::api::core::v1::ConfigMap>::default();
+        assert!(d.feed(&Event::InitDone, Vec::new).is_empty());
+        d.feed(&Event::Init, || vec![Arc::new(cm("a", "1"))]);
+        // the watch fails mid-list and lists again from scratch
+        d.feed(&Event::Init, || vec![Arc::new(cm("a", "1"))]);
+        d.feed(&Event::InitApply(cm("a", "1")), Vec::new);
+        assert!(d.feed(&Event::InitDone, Vec::new).is_empty());
     }
 }
