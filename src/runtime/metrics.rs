@@ -34,6 +34,13 @@ pub struct EventDropLabels {
     pub reason: String,
 }
 
+/// One map a controller keeps per object (`nadc_tracked_objects`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackedLabels {
+    pub controller: String,
+    pub map: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabel {
     pub trace_id: String,
@@ -55,6 +62,7 @@ pub struct Metrics {
     pub pods_indexed: Gauge,
     pub events_dropped: super::events::Drops,
     pub pod_admission_policy_active: Gauge,
+    pub tracked_objects: Family<TrackedLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,6 +96,12 @@ impl Default for Metrics {
             }));
         }
         let pod_admission_policy_active = Gauge::default();
+        let tracked_objects = Family::<TrackedLabels, Gauge>::default();
+        registry.register(
+            "tracked_objects",
+            "Objects with an entry in a map a controller keeps per object, by controller and map; entries go when their object is deleted, so over a soak these stay flat",
+            tracked_objects.clone(),
+        );
         registry.register(
             "pod_admission_policy_active",
             "1 while the pod admission policy that refuses new users of a NAD on its way out is installed and bound; 0 otherwise, and then no NAD is released before its own deletion",
@@ -174,6 +188,7 @@ impl Default for Metrics {
             pods_indexed,
             events_dropped,
             pod_admission_policy_active,
+            tracked_objects,
         }
     }
 }
@@ -225,6 +240,16 @@ impl Metrics {
         self.live_lists.inc();
     }
 
+    /// Sets the entry count of one of `controller`'s per-object maps.
+    pub fn tracked(&self, controller: &str, map: &str, entries: usize) {
+        self.tracked_objects
+            .get_or_create(&TrackedLabels {
+                controller: controller.into(),
+                map: map.into(),
+            })
+            .set(entries as i64);
+    }
+
     pub fn slice_write(&self, verb: &str) {
         self.slice_writes
             .get_or_create(&VerbLabels { verb: verb.into() })
@@ -261,6 +286,7 @@ mod tests {
         m.failure("nad-protection", "api_500".into());
         m.slice_write("create");
         m.nads_protected.set(3);
+        m.tracked("nad-protection", "retries", 2);
         let text = m.render();
         for series in [
             "nadc_reconciles_total{controller=\"nad-protection\"} 1",
@@ -274,6 +300,7 @@ mod tests {
             "nadc_events_dropped_total{reason=\"queue_full\"} 0",
             "nadc_events_dropped_total{reason=\"write_failed\"} 0",
             "nadc_events_dropped_total{reason=\"shutdown\"} 0",
+            "nadc_tracked_objects{controller=\"nad-protection\",map=\"retries\"} 2",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }
