@@ -9,7 +9,9 @@ use super::gauges::NadGauges;
 use super::live::{LiveResult, SharedList, live_users};
 use super::tracker::NadWrites;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey};
+use crate::relist::Departures;
 use crate::runtime::events::LastNotes;
+use crate::runtime::retry::reconciled;
 use crate::runtime::{Shared, shutdown, telemetry};
 use crate::{Error, Result, names};
 use backon::Retryable;
@@ -107,6 +109,51 @@ impl Context {
             ..self
         }
     }
+
+    /// Drops what this controller keeps for a NAD that is gone: no
+    /// reconcile reads it again, so nothing else would.
+    fn forget(&self, key: &ObjectKey) {
+        self.last_blocked.forget(key);
+        self.writes.lock().unwrap().forget(key);
+        self.retries.forget(key);
+    }
+
+    /// Entries of each map kept per NAD, by the name `nadc_tracked_objects`
+    /// gives it. (`last_blocked`, a `LastNotes`, tells no size.)
+    pub fn tracked(&self) -> [(&'static str, usize); 2] {
+        [
+            ("nad_writes", self.writes.lock().unwrap().len()),
+            ("retries", self.retries.len()),
+        ]
+    }
+
+    fn report_tracked(&self) {
+        for (map, entries) in self.tracked() {
+            (self.shared.metrics).tracked(names::PROTECTION_CONTROLLER, map, entries);
+        }
+    }
+}
+
+/// Forgets each NAD the NAD watch lost (see `relist::Departures`), until
+/// that watch ends.
+async fn forget_departed(ctx: &Context, departed: impl Stream<Item = ObjectKey>) {
+    departed
+        .for_each(|key| {
+            ctx.forget(&key);
+            ctx.report_tracked();
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// After each reconcile: a NAD that left the cache while it ran, or whose
+/// error policy ran after its deletion was handled, is forgotten now.
+fn forget_if_gone(ctx: &Context, reconciled: &ObjectKey) {
+    let object = ObjectRef::<NadMeta>::new(&reconciled.name).within(&reconciled.namespace);
+    if ctx.nads.get(&object).is_none() {
+        ctx.forget(reconciled);
+    }
+    ctx.report_tracked();
 }
 
 pub fn nad_reference(
@@ -266,11 +313,12 @@ pub fn error_policy(nad: Arc<NadMeta>, error: &Error, ctx: Arc<Context>) -> Acti
 
 fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
     match (&cached.uid, &cached.resource_version) {
-        (Some(uid), Some(rv)) => ctx
-            .writes
-            .lock()
-            .unwrap()
-            .is_stale(uid, rv, cached.protected()),
+        (Some(uid), Some(rv)) => {
+            ctx.writes
+                .lock()
+                .unwrap()
+                .is_stale(&cached.key, uid, rv, cached.protected())
+        }
         _ => false,
     }
 }
@@ -279,7 +327,7 @@ fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
 /// response's metadata).
 fn record_write(ctx: &Context, from: &NadState, written: Option<&str>, released: bool) {
     if let (Some(uid), Some(rv)) = (&from.uid, &from.resource_version) {
-        ctx.writes.lock().unwrap().wrote(uid, rv, written, released);
+        (ctx.writes.lock().unwrap()).wrote(&from.key, uid, rv, written, released);
     }
 }
 
@@ -485,6 +533,11 @@ pub async fn run(
     // NADs gone, and completed re-lists, for the pod admission ConfigMap's
     // upkeep (see `keep_admission_state`).
     let (gone_tx, gone_rx) = futures::channel::mpsc::unbounded();
+    // NADs deleted, including those a re-list no longer shows, for the
+    // state kept per NAD (see `forget_departed`).
+    let (departed_tx, departed_rx) = futures::channel::mpsc::unbounded();
+    let mut departures = Departures::default();
+    let held = reader.clone();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|nad| {
@@ -495,6 +548,9 @@ pub async fn run(
             if let Some((protected, blocked)) = gauges.apply(event) {
                 metrics.nads_protected.set(protected);
                 metrics.deletions_blocked.set(blocked);
+            }
+            for nad in departures.feed(event, || held.state()) {
+                let _ = departed_tx.unbounded_send(ObjectKey::of(nad.as_ref()));
             }
             match event {
                 watcher::Event::Delete(nad) => {
@@ -560,6 +616,8 @@ pub async fn run(
             .with_policy(guarded_rx),
     );
     let upkeep = keep_admission_state(ctx.clone(), gone_rx, policy_triggers);
+    let forgetting = forget_departed(&ctx, departed_rx);
+    let reconciled_ctx = ctx.clone();
     let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
     let stopped_store = reader.clone();
     let controller = Controller::for_stream(stream, reader)
@@ -570,11 +628,15 @@ pub async fn run(
         .reconcile_on(refs)
         .reconcile_on(ns_triggered)
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            if let Some(key) = reconciled(&res) {
+                forget_if_gone(&reconciled_ctx, &key);
+            }
             if let Err(e) = res {
                 tracing::debug!(error = %e, "nad-protection");
             }
+            futures::future::ready(())
         });
     // The namespace watch, the policy check and the upkeep end with the
     // controller; a shutdown before the NAD cache is ready ends it at once.
@@ -583,6 +645,7 @@ pub async fn run(
         _ = namespaces => {}
         _ = policy => {}
         _ = upkeep => {}
+        _ = forgetting => {}
         _ = shutdown::before_ready(shutdown, stopped_store) => {}
     }
 }
@@ -776,6 +839,143 @@ mod tests {
         );
         idle.await.unwrap().unwrap();
         api.expect_silence().await;
+    }
+
+    /// Each map kept per NAD, by name, with its entry count.
+    fn tracked(ctx: &Context) -> Vec<(&'static str, usize)> {
+        ctx.tracked().to_vec()
+    }
+
+    fn nothing_tracked() -> Vec<(&'static str, usize)> {
+        vec![("nad_writes", 0), ("retries", 0)]
+    }
+
+    /// The last DeletionBlocked note the API server accepted for `key`,
+    /// once the Event queue has reported it.
+    async fn blocked_note_sent(ctx: &Context, key: &ObjectKey) -> Option<String> {
+        for _ in 0..100 {
+            if let Some(note) = ctx.last_blocked.sent(key) {
+                return Some(note);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    fn assert_gauges_show_nothing_tracked(ctx: &Context) {
+        let text = ctx.shared.metrics.render();
+        for (map, _) in nothing_tracked() {
+            let series =
+                format!("nadc_tracked_objects{{controller=\"nad-protection\",map=\"{map}\"}} 0");
+            assert!(text.contains(&series), "missing {series} in\n{text}");
+        }
+    }
+
+    /// The DELETED event of a NAD we released shows our own last version
+    /// still holding the finalizer: the write stays "ahead of the cache"
+    /// for good, unless the deletion forgets it.
+    #[tokio::test]
+    async fn a_released_nad_leaves_nothing_behind_once_its_deletion_arrives() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
+        api.expect(Method::GET, PODS_PATH)
+            .await
+            .respond(200, pod_list(&[]));
+        let mut written = nad(true, &[]);
+        written["metadata"]["resourceVersion"] = json!("9");
+        api.expect(Method::PATCH, NAD_PATH)
+            .await
+            .respond(200, written);
+        api.expect_event("default").await;
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        let mut deleted = nad(true, &[names::FINALIZER]);
+        deleted["metadata"]["resourceVersion"] = json!("9");
+        assert!(cache_is_behind_our_write(
+            &ctx,
+            &nad_state(&ctx, &nad_meta(&deleted))
+        ));
+        assert_eq!(tracked(&ctx)[0], ("nad_writes", 1));
+
+        let key = ObjectKey::new("default", "foo-network");
+        forget_departed(&ctx, futures::stream::iter([key])).await;
+        assert_eq!(tracked(&ctx), nothing_tracked());
+        assert_gauges_show_nothing_tracked(&ctx);
+        api.expect_silence().await;
+    }
+
+    /// A NAD whose finalizer someone else removed (release-finalizers, by
+    /// hand) goes without our release, which is what dropped its last
+    /// DeletionBlocked note and its failures before.
+    #[tokio::test]
+    async fn a_nad_deleted_while_blocked_and_failing_leaves_nothing_behind() {
+        let (ctx, mut api) = context(&[demo_pod("Running")]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
+        api.expect_event("default").await;
+        task.await.unwrap().unwrap();
+        let err = Error::kube("updating", "default/foo-network")(kube::Error::TlsRequired);
+        error_policy(nad_meta(&obj), &err, ctx.clone());
+        let key = ObjectKey::new("default", "foo-network");
+        assert!(blocked_note_sent(&ctx, &key).await.is_some());
+        assert_eq!(tracked(&ctx), [("nad_writes", 0), ("retries", 1)]);
+
+        let other = ObjectKey::new("default", "other");
+        forget_departed(&ctx, futures::stream::iter([other])).await;
+        assert_eq!(tracked(&ctx)[1], ("retries", 1), "not this one");
+        assert!(ctx.last_blocked.sent(&key).is_some(), "not this one");
+        forget_departed(&ctx, futures::stream::iter([key.clone()])).await;
+        assert_eq!(tracked(&ctx), nothing_tracked());
+        assert_eq!(ctx.last_blocked.sent(&key), None);
+        assert_gauges_show_nothing_tracked(&ctx);
+        api.expect_silence().await;
+    }
+
+    /// A reconcile that ends after its NAD's deletion was handled (its
+    /// patch finds the NAD gone) leaves a failure count that the deletion
+    /// can no longer forget: the controller looks after each reconcile.
+    #[tokio::test]
+    async fn a_reconcile_that_ends_after_its_nads_deletion_leaves_nothing_behind() {
+        let obj = nad(false, &[]);
+        let (shared, mut api) = fixtures::shared();
+        let (nads, mut nad_cache) = reflector::store();
+        nad_cache.apply_watcher_event(&watcher::Event::Apply((*nad_meta(&obj)).clone()));
+        let ctx = Arc::new(Context::new(shared, nads, fixtures::synced_store([])));
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        let patch = api.expect(Method::PATCH, NAD_PATH).await;
+        // meanwhile the NAD is deleted, and the deletion handled
+        nad_cache.apply_watcher_event(&watcher::Event::Delete((*nad_meta(&obj)).clone()));
+        let key = ObjectKey::new("default", "foo-network");
+        forget_departed(&ctx, futures::stream::iter([key.clone()])).await;
+        patch.respond(404, fixtures::status(404, "NotFound"));
+        let err = task.await.unwrap().unwrap_err();
+        error_policy(nad_meta(&obj), &err, ctx.clone());
+        assert_eq!(tracked(&ctx)[1], ("retries", 1));
+        forget_if_gone(&ctx, &key);
+        assert_eq!(tracked(&ctx), nothing_tracked());
+        assert_gauges_show_nothing_tracked(&ctx);
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_nad_still_cached_after_its_reconcile_keeps_its_retry_delay() {
+        let obj = nad(false, &[]);
+        let (shared, _api) = fixtures::shared();
+        let nads = fixtures::synced_store([(*nad_meta(&obj)).clone()]);
+        let ctx = Arc::new(Context::new(shared, nads, fixtures::synced_store([])));
+        let err = Error::kube("updating", "default/foo-network")(kube::Error::TlsRequired);
+        error_policy(nad_meta(&obj), &err, ctx.clone());
+        forget_if_gone(&ctx, &ObjectKey::new("default", "foo-network"));
+        assert_eq!(tracked(&ctx)[1], ("retries", 1));
+        assert_eq!(
+            error_policy(nad_meta(&obj), &err, ctx),
+            Action::requeue(Duration::from_secs(2)),
+            "counting on"
+        );
     }
 
     #[tokio::test]
