@@ -151,7 +151,6 @@ pub(super) async fn delete_orphans(ctx: &Context, deleted: &Service) {
             }
         }
     }
-    ctx.tracker.lock().unwrap().forget(&key);
     ctx.forget(&key);
-    ctx.retries.succeeded(&key);
+    ctx.report_tracked();
 }

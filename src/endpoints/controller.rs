@@ -13,6 +13,7 @@ use super::tracker::SliceTracker;
 use super::watch::{OtherSlices, OurSlices, ServiceWatch, slice_watches};
 use crate::model::ObjectKey;
 use crate::runtime::events::LastNotes;
+use crate::runtime::retry::reconciled;
 use crate::runtime::{Shared, shutdown, telemetry};
 use crate::{Error, Result, names};
 use futures::{Stream, StreamExt};
@@ -22,7 +23,7 @@ use kube::Resource;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,12 +73,57 @@ impl Context {
         }
     }
 
+    /// Drops what this controller keeps for a Service that is gone: no
+    /// reconcile reads it again, so nothing else would.
     pub(super) fn forget(&self, key: &ObjectKey) {
+        self.tracker.lock().unwrap().forget(key);
         self.last_warning.forget(key);
         self.last_foreign.forget(key);
         self.mirroring_stopped.lock().unwrap().remove(key);
         self.last_updated.forget(key);
+        self.retries.forget(key);
     }
+
+    /// Entries of each map kept per Service, by the name
+    /// `nadc_tracked_objects` gives it. (The three `LastNotes` tell no
+    /// size.)
+    pub fn tracked(&self) -> [(&'static str, usize); 3] {
+        [
+            ("slice_writes", self.tracker.lock().unwrap().len()),
+            (
+                "mirroring_stopped",
+                self.mirroring_stopped.lock().unwrap().len(),
+            ),
+            ("retries", self.retries.len()),
+        ]
+    }
+
+    /// The last note of each Event kind the API server accepted for `key`
+    /// (opt-in Warning, ForeignEndpointSlices, SecondaryEndpointsUpdated).
+    #[cfg(test)]
+    fn notes_sent(&self, key: &ObjectKey) -> [Option<String>; 3] {
+        [
+            self.last_warning.sent(key),
+            self.last_foreign.sent(key),
+            self.last_updated.sent(key),
+        ]
+    }
+
+    pub(super) fn report_tracked(&self) {
+        for (map, entries) in self.tracked() {
+            (self.shared.metrics).tracked(names::ENDPOINTS_CONTROLLER, map, entries);
+        }
+    }
+}
+
+/// After each reconcile: a Service that left the cache while it ran, or
+/// whose error policy ran after its deletion was handled, is forgotten now.
+fn forget_if_gone(ctx: &Context, services: &Store<Service>, reconciled: &ObjectKey) {
+    let object = ObjectRef::<Service>::new(&reconciled.name).within(&reconciled.namespace);
+    if services.get(&object).is_none() {
+        ctx.forget(reconciled);
+    }
+    ctx.report_tracked();
 }
 
 pub(super) fn service_reference(svc: &Service) -> ObjectReference {
@@ -315,6 +361,8 @@ pub async fn run(
         async move { delete_orphans(&ctx, &svc).await }
     });
     let stopped_store = services.store.clone();
+    let reconciled_store = services.store.clone();
+    let reconciled_ctx = ctx.clone();
     let controller = Controller::for_stream(services.events, services.store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(refs)
@@ -322,10 +370,14 @@ pub async fn run(
         .reconcile_all_on(resync_all)
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
+        .for_each(move |res| {
+            if let Some(key) = reconciled(&res) {
+                forget_if_gone(&reconciled_ctx, &reconciled_store, &key);
+            }
             if let Err(e) = res {
                 tracing::debug!(error = %e, "secondary-endpoints");
             }
+            futures::future::ready(())
         });
     // The orphan sweep and the slice watches end with the controller; a
     // shutdown before the Service cache is ready ends it at once.
@@ -620,6 +672,179 @@ mod tests {
     }
 
     const ENDPOINTS: &str = "/api/v1/namespaces/default/endpoints/hostnames";
+    fn nothing_tracked() -> Vec<(&'static str, usize)> {
+        vec![
+            ("slice_writes", 0),
+            ("mirroring_stopped", 0),
+            ("retries", 0),
+        ]
+    }
+
+    /// Which of the three Event notes the API server has accepted for the
+    /// `hostnames` Service, once the Event queue has reported them all
+    /// (`expected`), or as they stand after a second.
+    async fn notes_sent(ctx: &Context, expected: [bool; 3]) -> [bool; 3] {
+        let key = ObjectKey::new("default", "hostnames");
+        let sent = || ctx.notes_sent(&key).map(|n| n.is_some());
+        for _ in 0..100 {
+            if sent() == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent()
+    }
+
+    fn assert_gauges_show_nothing_tracked(ctx: &Context) {
+        let text = ctx.shared.metrics.render();
+        for (map, _) in nothing_tracked() {
+            let series = format!(
+                "nadc_tracked_objects{{controller=\"secondary-endpoints\",map=\"{map}\"}} 0"
+            );
+            assert!(text.contains(&series), "missing {series} in\n{text}");
+        }
+    }
+
+    /// Answers every request until the API server has heard nothing for a
+    /// moment, whatever their order (Events leave from their own queue):
+    /// creates and Events are echoed, the Endpoints patch succeeds.
+    async fn answer_until_silence(api: &mut ApiServerVerifier) {
+        while let Some(ex) = api.next_within(Duration::from_millis(300)).await {
+            match (ex.method.as_str(), ex.path.as_str()) {
+                ("POST", SLICES) => {
+                    ex.echo(json!({"name": "hostnames-abcde", "generation": 1}));
+                }
+                ("PATCH", ENDPOINTS) => {
+                    ex.respond(200, json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "hostnames", "namespace": "default"}}));
+                }
+                ("POST", "/apis/events.k8s.io/v1/namespaces/default/events") => {
+                    let body = ex.body.clone();
+                    ex.respond(201, body);
+                }
+                (method, path) => panic!("unexpected request {method} {path}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_opted_in_service_leaves_nothing_behind() {
+        let (ctx, mut api) = context_with_others(
+            &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
+            &[],
+            &[
+                other_slice("hostnames-mirror", Some(names::MIRRORING_SLICE_MANAGER)),
+                other_slice("hostnames-lb", Some("lb.example.com")),
+            ],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        answer_until_silence(&mut api).await;
+        task.await.unwrap().unwrap();
+        assert_eq!(
+            ctx.tracked(),
+            [
+                ("slice_writes", 1),
+                ("mirroring_stopped", 1),
+                ("retries", 0)
+            ]
+        );
+        // the foreign Warning and the endpoint count
+        assert_eq!(
+            notes_sent(&ctx, [false, true, true]).await,
+            [false, true, true]
+        );
+        delete_orphans(&ctx, &opted_in()).await;
+        assert_eq!(ctx.tracked().to_vec(), nothing_tracked());
+        assert_eq!(notes_sent(&ctx, [false; 3]).await, [false; 3]);
+        assert_gauges_show_nothing_tracked(&ctx);
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_refused_and_failing_service_leaves_nothing_behind() {
+        let (ctx, mut api) = context(&[], &[]);
+        let conflicting = service(
+            json!({"k8s.v1.cni.cncf.io/networks": "br0"}),
+            json!({"selector": {"app": "hostnames"}, "ports": [{"port": 80}]}),
+        );
+        let task = tokio::spawn(reconcile(conflicting.clone(), ctx.clone()));
+        api.expect_event("default").await;
+        task.await.unwrap().unwrap();
+        let err = Error::kube("updating", "default/hostnames")(kube::Error::TlsRequired);
+        error_policy(conflicting.clone(), &err, ctx.clone());
+        assert_eq!(ctx.tracked()[2], ("retries", 1));
+        assert_eq!(
+            notes_sent(&ctx, [true, false, false]).await,
+            [true, false, false],
+            "the SelectorConflict Warning"
+        );
+        delete_orphans(&ctx, &conflicting).await;
+        assert_eq!(ctx.tracked().to_vec(), nothing_tracked());
+        assert_eq!(notes_sent(&ctx, [false; 3]).await, [false; 3]);
+        assert_gauges_show_nothing_tracked(&ctx);
+        api.expect_silence().await;
+    }
+
+    /// A reconcile still running when its Service's deletion was handled
+    /// records what it wrote afterwards; the controller looks after each
+    /// reconcile whether the Service is still there.
+    #[tokio::test]
+    async fn a_reconcile_that_ends_after_its_services_deletion_leaves_nothing_behind() {
+        let (ctx, mut api) = context(&[hostnames_pod("hostnames-1", "192.168.0.51", true)], &[]);
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        answer_until_silence(&mut api).await;
+        task.await.unwrap().unwrap();
+        let key = ObjectKey::new("default", "hostnames");
+        forget_if_gone(&ctx, &fixtures::synced_store([(*opted_in()).clone()]), &key);
+        assert_eq!(ctx.tracked()[0], ("slice_writes", 1), "still there: kept");
+        assert_eq!(
+            notes_sent(&ctx, [false, false, true]).await,
+            [false, false, true]
+        );
+        forget_if_gone(&ctx, &fixtures::synced_store([]), &key);
+        assert_eq!(ctx.tracked().to_vec(), nothing_tracked());
+        assert_eq!(notes_sent(&ctx, [false; 3]).await, [false; 3]);
+        assert_gauges_show_nothing_tracked(&ctx);
+    }
+
+    /// The watch lost a Service while it was down: the re-list after it no
+    /// longer shows it, no Delete event ever names it, and still it comes
+    /// out of `deleted`, for `delete_orphans` to clean up after.
+    #[tokio::test]
+    async fn a_service_a_relist_no_longer_shows_counts_as_deleted() {
+        let (client, mut api) = fixtures::mock_client();
+        let ServiceWatch {
+            events,
+            mut deleted,
+            ..
+        } = service_watch(client);
+        let driving = tokio::spawn(events.for_each(|_| futures::future::ready(())));
+        let mut kept = (*opted_in()).clone();
+        kept.metadata.name = Some("kept".into());
+        kept.metadata.uid = Some("kept-uid".into());
+        let list = |items: Vec<Service>| json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "10"}, "items": items});
+        api.expect(Method::GET, "/api/v1/services")
+            .await
+            .respond(200, list(vec![(*opted_in()).clone(), kept.clone()]));
+        let watch = api.expect(Method::GET, "/api/v1/services").await;
+        assert!(watch.query.contains("watch=true"), "{}", watch.query);
+        // too old to resume: the watcher lists again
+        watch.respond(
+            200,
+            json!({"type": "ERROR", "object": fixtures::status(410, "Expired")}),
+        );
+        api.expect_within(Duration::from_secs(10), Method::GET, "/api/v1/services")
+            .await
+            .respond(200, list(vec![kept]));
+        let gone = tokio::time::timeout(Duration::from_secs(5), deleted.next())
+            .await
+            .expect("a departure")
+            .unwrap();
+        assert_eq!(
+            (gone.metadata.name.as_deref(), gone.metadata.uid.as_deref()),
+            (Some("hostnames"), Some("svc-uid"))
+        );
+        driving.abort();
+    }
 
     /// Metadata of a slice labelled `hostnames`, managed by `manager`.
     fn other_slice(name: &str, manager: Option<&str>) -> Value {

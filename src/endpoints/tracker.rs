@@ -76,17 +76,20 @@ impl SliceTracker {
         stale
     }
 
-    /// Drops expired expectations of every Service (those of deleted
-    /// Services are never checked again otherwise).
-    pub fn prune(&mut self, now: Instant) {
-        self.expected.retain(|_, by_name| {
-            by_name.retain(|_, (_, at)| now.duration_since(*at) <= EXPECTATION_TTL);
-            !by_name.is_empty()
-        });
-    }
-
+    /// Forgets a Service that is gone: its expectations are never checked
+    /// again. (A Service that stays is checked on every reconcile, at
+    /// least every `controller::RESYNC`, which drops what expired.)
     pub fn forget(&mut self, service: &ObjectKey) {
         self.expected.remove(service);
+    }
+
+    /// Services with expectations.
+    pub fn len(&self) -> usize {
+        self.expected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expected.is_empty()
     }
 }
 
@@ -124,12 +127,17 @@ mod tests {
     }
 
     #[test]
-    fn prune_forgets_services_never_checked_again() {
+    fn a_service_that_is_gone_is_forgotten() {
         let mut t = SliceTracker::default();
         let t0 = Instant::now();
-        t.wrote(&ObjectKey::new("ns", "gone"), &slice("a", 1), t0);
-        t.prune(t0 + EXPECTATION_TTL + Duration::from_secs(1));
-        assert!(t.expected.is_empty());
+        let (gone, kept) = (ObjectKey::new("ns", "gone"), ObjectKey::new("ns", "kept"));
+        t.wrote(&gone, &slice("a", 1), t0);
+        t.deleted(&gone, "b", t0);
+        t.wrote(&kept, &slice("c", 1), t0);
+        t.forget(&gone);
+        assert_eq!(t.len(), 1);
+        assert!(!t.is_stale(&gone, &[], t0), "nothing expected of it");
+        assert!(t.is_stale(&kept, &[], t0), "the other Service's kept");
     }
 
     #[test]

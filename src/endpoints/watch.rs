@@ -7,6 +7,7 @@ use super::intent::{Intent, service_intent};
 use super::selecting::SharedSelectors;
 use crate::model::ObjectKey;
 use crate::names;
+use crate::relist::Departures;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
@@ -79,7 +80,9 @@ pub(super) async fn feed_cache<K>(
 
 /// The Service watch: a reflector whose store the pod feed reads to find the
 /// Services a pod change concerns (through `selectors`), the watch events
-/// that drive the controller, and the Services it saw deleted.
+/// that drive the controller, and the Services it saw deleted (those a
+/// re-list no longer shows included: deleted while the watch was down, they
+/// never get a Delete event).
 pub struct ServiceWatch {
     pub store: Store<Service>,
     pub selectors: SharedSelectors,
@@ -93,6 +96,8 @@ pub fn service_watch(client: kube::Client) -> ServiceWatch {
     let selectors = SharedSelectors::default();
     let index = selectors.clone();
     let (deleted_tx, deleted_rx) = futures::channel::mpsc::unbounded();
+    let mut departures = Departures::default();
+    let held = reader.clone();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|s| {
@@ -105,8 +110,8 @@ pub fn service_watch(client: kube::Client) -> ServiceWatch {
                     .write()
                     .expect("service selector index lock")
                     .apply_watcher_event(event);
-                if let watcher::Event::Delete(svc) = event {
-                    let _ = deleted_tx.unbounded_send(svc.clone());
+                for svc in departures.feed(event, || held.state()) {
+                    let _ = deleted_tx.unbounded_send(Arc::unwrap_or_clone(svc));
                 }
             }
         })
