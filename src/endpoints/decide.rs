@@ -49,6 +49,23 @@ pub fn decide_cleanup<'a>(
     }
 }
 
+/// Whether Kubernetes' slices that `decide_cleanup` chose to delete from
+/// the cached Service may go, judged on `live`, the Service as the API
+/// server holds it now (None: it is gone): the very Service of the cache
+/// (same uid), and it still opts in, so it still has no `spec.selector`.
+/// The cache may be behind a user who put `spec.selector` back, or a
+/// re-list may bring an old state: Kubernetes' slices are then live, and
+/// deleting them would leave the Service without its primary-network
+/// endpoints until Kubernetes has re-created them.
+pub fn live_service_allows_cleanup(cached: &Service, live: Option<&Service>) -> bool {
+    let Some(live) = live else {
+        return false;
+    };
+    cached.metadata.uid.is_some()
+        && live.metadata.uid == cached.metadata.uid
+        && matches!(service_intent(live), Intent::OptedIn { .. })
+}
+
 /// Everything one Service reconcile decides, from plain inputs: the Warning
 /// to emit (if any), the plan, and the endpoint count published.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,5 +101,36 @@ pub fn decide_service(
         intent,
         plan,
         endpoints,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn svc(uid: Option<&str>, spec: Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "mig", "namespace": "default", "uid": uid, "annotations": {
+                names::NETWORKS_ANNOTATION: "br0", names::SELECTOR_ANNOTATION: "app=mig"}},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn kubernetes_slices_go_only_while_the_live_service_still_opts_in() {
+        let cached = svc(Some("u1"), json!({"ports": [{"port": 80}]}));
+        assert!(live_service_allows_cleanup(&cached, Some(&cached)));
+        let selector_back = svc(Some("u1"), json!({"selector": {"app": "mig"}}));
+        assert!(!live_service_allows_cleanup(&cached, Some(&selector_back)));
+        let mut opted_out = cached.clone();
+        opted_out.metadata.annotations = None;
+        assert!(!live_service_allows_cleanup(&cached, Some(&opted_out)));
+        assert!(!live_service_allows_cleanup(&cached, None), "gone");
+        let recreated = svc(Some("u2"), json!({}));
+        assert!(!live_service_allows_cleanup(&cached, Some(&recreated)));
+        let no_uid = svc(None, json!({}));
+        assert!(!live_service_allows_cleanup(&no_uid, Some(&no_uid)));
     }
 }
