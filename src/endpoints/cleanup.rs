@@ -3,7 +3,7 @@
 //! deletes the slices a deleted Service leaves behind.
 
 use super::controller::{Context, service_reference};
-use super::decide::cached_slices;
+use super::decide::{cached_slices, live_service_allows_cleanup};
 use super::leftovers::{self, Cleanup, SliceRef};
 use crate::model::ObjectKey;
 use crate::{Error, Result, names};
@@ -16,7 +16,9 @@ use tracing::{Instrument, debug, info, warn};
 
 /// Deletes Kubernetes' orphaned slices (uid precondition: a slice of the
 /// same name made since is not ours to judge) and stops the mirroring of the
-/// legacy Endpoints object; a Normal Event reports each.
+/// legacy Endpoints object; a Normal Event reports each. The slices are
+/// chosen from the cached Service; before the first delete, one read of the
+/// live Service confirms the choice (`live_service_allows_cleanup`).
 pub(super) async fn apply_cleanup(
     ctx: &Context,
     svc: &Service,
@@ -26,7 +28,9 @@ pub(super) async fn apply_cleanup(
 ) -> Result<()> {
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
     let mut deleted: Vec<SliceRef> = Vec::new();
-    for slice in &cleanup.delete {
+    let confirmed = cleanup.delete.is_empty() || live_service_confirms(ctx, svc, key).await?;
+    let to_delete = if confirmed { &cleanup.delete[..] } else { &[] };
+    for slice in to_delete {
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: slice.uid.clone(),
@@ -117,6 +121,28 @@ pub(super) async fn apply_cleanup(
         .unwrap()
         .insert(key.clone(), mirrored);
     Ok(())
+}
+
+/// Reads the Service as the API server holds it now, and says whether it
+/// still allows deleting Kubernetes' slices chosen from the cached one.
+async fn live_service_confirms(ctx: &Context, cached: &Service, key: &ObjectKey) -> Result<bool> {
+    let services: Api<Service> = Api::namespaced(ctx.shared.client.clone(), &key.namespace);
+    let live = services
+        .get_opt(&key.name)
+        .instrument(tracing::debug_span!("get service"))
+        .await
+        .map_err(Error::kube(
+            "reading, before deleting Kubernetes' slices of it,",
+            key,
+        ))?;
+    let confirmed = live_service_allows_cleanup(cached, live.as_ref());
+    if !confirmed {
+        info!(
+            found = live.is_some(),
+            "the Service no longer opts in as cached (spec.selector back, opted out, re-created or gone); Kubernetes' slices of it are left alone"
+        );
+    }
+    Ok(confirmed)
 }
 
 /// Deletes the slices a deleted Service leaves behind. The garbage collector

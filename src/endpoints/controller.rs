@@ -870,24 +870,30 @@ mod tests {
         let (ctx, mut api) = context_with_others(
             &[hostnames_pod("hostnames-1", "192.168.0.51", true)],
             &[],
-            &[other_slice(
-                "hostnames-kube",
-                Some(names::KUBERNETES_SLICE_MANAGER),
-            )],
+            &[
+                other_slice("hostnames-kube", Some(names::KUBERNETES_SLICE_MANAGER)),
+                other_slice("hostnames-kube2", Some(names::KUBERNETES_SLICE_MANAGER)),
+            ],
         );
         let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
         api.expect(Method::POST, SLICES)
             .await
             .echo(json!({"name": "hostnames-abcde", "generation": 1}));
-        let delete = api
-            .expect(Method::DELETE, &format!("{SLICES}/hostnames-kube"))
-            .await;
-        assert_eq!(
-            delete.body["preconditions"],
-            json!({"uid": "uid-hostnames-kube"}),
-            "a uid precondition, and only that: Kubernetes no longer writes it"
-        );
-        delete.respond(200, fixtures::status(200, "Success"));
+        // the live Service still opts in: one read for the whole pass
+        api.expect(Method::GET, SERVICE)
+            .await
+            .respond(200, live(&opted_in()));
+        for name in ["hostnames-kube", "hostnames-kube2"] {
+            let delete = api
+                .expect(Method::DELETE, &format!("{SLICES}/{name}"))
+                .await;
+            assert_eq!(
+                delete.body["preconditions"],
+                json!({"uid": format!("uid-{name}")}),
+                "a uid precondition, and only that: Kubernetes no longer writes it"
+            );
+            delete.respond(200, fixtures::status(200, "Success"));
+        }
         let event = api.expect_event("default").await;
         assert_eq!(
             (event["type"].as_str(), event["reason"].as_str()),
@@ -903,7 +909,80 @@ mod tests {
         );
         task.await.unwrap().unwrap();
         api.expect_silence().await;
-        assert_eq!(slice_deletes(&ctx), 1);
+        assert_eq!(slice_deletes(&ctx), 2);
+    }
+
+    const SERVICE: &str = "/api/v1/namespaces/default/services/hostnames";
+
+    /// A Service as the API server returns it.
+    fn live(svc: &Service) -> Value {
+        serde_json::to_value(svc).unwrap()
+    }
+
+    /// A Service whose Kubernetes slice the cache shows orphaned (our
+    /// slice is in place, so the plan is empty): the reconcile reads the
+    /// live Service, answered with `answer`, before any delete.
+    async fn cleanup_against_live(answer: (u16, Value)) -> (Arc<Context>, ApiServerVerifier) {
+        let pods = [hostnames_pod("hostnames-1", "192.168.0.51", true)];
+        let ours = first_sight(&pods).await;
+        let (ctx, mut api) = context_with_others(
+            &pods,
+            &[ours],
+            &[other_slice(
+                "hostnames-kube",
+                Some(names::KUBERNETES_SLICE_MANAGER),
+            )],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        let (status, body) = answer;
+        api.expect(Method::GET, SERVICE).await.respond(status, body);
+        assert_eq!(task.await.unwrap().unwrap(), Action::requeue(RESYNC));
+        (ctx, api)
+    }
+
+    #[tokio::test]
+    async fn kubernetes_slices_stay_when_the_live_service_has_its_selector_back() {
+        // the cache still shows the migrated Service; the user has put
+        // spec.selector back, and Kubernetes' slice is live again
+        let mut selector_back = (*opted_in()).clone();
+        selector_back.spec.as_mut().unwrap().selector =
+            Some([("app".to_string(), "hostnames".to_string())].into());
+        let (ctx, mut api) = cleanup_against_live((200, live(&selector_back))).await;
+        api.expect_silence().await;
+        assert_eq!(slice_deletes(&ctx), 0);
+    }
+
+    #[tokio::test]
+    async fn kubernetes_slices_stay_when_the_service_is_gone_or_another() {
+        let (ctx, mut api) = cleanup_against_live((404, fixtures::status(404, "NotFound"))).await;
+        api.expect_silence().await;
+        assert_eq!(slice_deletes(&ctx), 0, "gone");
+        let mut recreated = (*opted_in()).clone();
+        recreated.metadata.uid = Some("svc-uid-2".into());
+        let (ctx, mut api) = cleanup_against_live((200, live(&recreated))).await;
+        api.expect_silence().await;
+        assert_eq!(slice_deletes(&ctx), 0, "re-created under its name");
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_of_the_live_service_deletes_nothing_and_fails_for_a_retry() {
+        let pods = [hostnames_pod("hostnames-1", "192.168.0.51", true)];
+        let ours = first_sight(&pods).await;
+        let (ctx, mut api) = context_with_others(
+            &pods,
+            &[ours],
+            &[other_slice(
+                "hostnames-kube",
+                Some(names::KUBERNETES_SLICE_MANAGER),
+            )],
+        );
+        let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+        api.expect(Method::GET, SERVICE)
+            .await
+            .respond(503, fixtures::status(503, "ServiceUnavailable"));
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.metric_label(), "api_503");
+        api.expect_silence().await;
     }
 
     #[tokio::test]
@@ -919,6 +998,9 @@ mod tests {
                 )],
             );
             let task = tokio::spawn(reconcile(opted_in(), ctx.clone()));
+            api.expect(Method::GET, SERVICE)
+                .await
+                .respond(200, live(&opted_in()));
             api.expect(Method::DELETE, &format!("{SLICES}/hostnames-kube"))
                 .await
                 .respond(code, fixtures::status(code, "gone"));

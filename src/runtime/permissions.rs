@@ -26,7 +26,7 @@ pub const CLUSTER: &[Permission] = &[
         group: "",
         resource: "services",
         verbs: &["get", "list", "watch"],
-        used_by: "the EndpointSlice controller's Service watch",
+        used_by: "the EndpointSlice controller's Service watch, and the live read (get) that confirms a Service still opts in before Kubernetes' slices of it are deleted",
     },
     Permission {
         group: "",
