@@ -111,7 +111,9 @@ impl Context {
 
     pub(super) fn report_tracked(&self) {
         for (map, entries) in self.tracked() {
-            (self.shared.metrics).tracked(names::ENDPOINTS_CONTROLLER, map, entries);
+            self.shared
+                .metrics
+                .tracked(names::ENDPOINTS_CONTROLLER, map, entries);
         }
     }
 }
@@ -672,6 +674,7 @@ mod tests {
     }
 
     const ENDPOINTS: &str = "/api/v1/namespaces/default/endpoints/hostnames";
+
     fn nothing_tracked() -> Vec<(&'static str, usize)> {
         vec![
             ("slice_writes", 0),

@@ -129,7 +129,9 @@ impl Context {
 
     fn report_tracked(&self) {
         for (map, entries) in self.tracked() {
-            (self.shared.metrics).tracked(names::PROTECTION_CONTROLLER, map, entries);
+            self.shared
+                .metrics
+                .tracked(names::PROTECTION_CONTROLLER, map, entries);
         }
     }
 }
@@ -327,7 +329,10 @@ fn cache_is_behind_our_write(ctx: &Context, cached: &NadState) -> bool {
 /// response's metadata).
 fn record_write(ctx: &Context, from: &NadState, written: Option<&str>, released: bool) {
     if let (Some(uid), Some(rv)) = (&from.uid, &from.resource_version) {
-        (ctx.writes.lock().unwrap()).wrote(&from.key, uid, rv, written, released);
+        ctx.writes
+            .lock()
+            .unwrap()
+            .wrote(&from.key, uid, rv, written, released);
     }
 }
 
@@ -638,8 +643,9 @@ pub async fn run(
             }
             futures::future::ready(())
         });
-    // The namespace watch, the policy check and the upkeep end with the
-    // controller; a shutdown before the NAD cache is ready ends it at once.
+    // The namespace watch, the policy check, the upkeep and the forgetting
+    // end with the controller; a shutdown before the NAD cache is ready
+    // ends it at once.
     tokio::select! {
         _ = controller => {}
         _ = namespaces => {}
