@@ -72,7 +72,7 @@ e2e:
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
     kubectl apply -f manifests/namespace.yaml -f manifests/serviceaccount.yaml -f manifests/rbac.yaml -f manifests/leader-election-rbac.yaml
-    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test e2e --test protection --test network_checks -- --ignored --test-threads=4
     E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test handover -- --ignored
     # alone: they install the pod admission policy, whose binding covers every pod
     E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test admission -- --ignored

@@ -101,6 +101,8 @@ pub mod reasons {
     pub const STALE_ENDPOINT_SLICES_DELETED: &str = "StaleEndpointSlicesDeleted";
     pub const ENDPOINTS_MIRRORING_STOPPED: &str = "EndpointsMirroringStopped";
     pub const FOREIGN_ENDPOINT_SLICES: &str = "ForeignEndpointSlices";
+    /// A NAD whose `spec.config` Multus cannot use.
+    pub const INVALID_NETWORK_CONFIG: &str = "InvalidNetworkConfig";
 }
 
 /// Default Multus namespace: where a namespace-less default-network lives.

@@ -8,5 +8,5 @@ pub mod text;
 
 pub use crate::key::ObjectKey;
 pub use labels::Labels;
-pub use nad::{NadMeta, NamespaceMeta, NetworkAttachmentDefinition};
+pub use nad::{NadMeta, NadWatched, NamespaceMeta, NetworkAttachmentDefinition, SpecConfig};
 pub use pod::{PodLite, PodView};

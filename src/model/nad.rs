@@ -2,8 +2,9 @@
 //!
 //! Written by hand rather than derived: the CRD is not ours, its plural is not
 //! what kube would derive ("networkattachmentdefinitions"), and its `spec` is
-//! optional. The controllers only ever watch NAD metadata, so a NAD whose spec
-//! is malformed can never break a watch.
+//! optional. The protection controller's watch reads NADs as [`NadWatched`]:
+//! the metadata, and `spec.config` read leniently, so that a NAD whose spec is
+//! malformed can never break the watch; its cache keeps the metadata alone.
 //!
 //! Like kube's derived types, it writes `apiVersion` and `kind` (the API
 //! server refuses a create without them) and reads objects with or without them.
@@ -14,15 +15,14 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;
 
-/// `apiVersion` and `kind` are not fields: they are fixed, written on
-/// serialization and ignored on deserialization.
-/// A NAD's metadata alone, as the protection controller watches it: a NAD
-/// whose spec is malformed can never break that watch.
+/// A NAD's metadata alone, as the protection controller caches it.
 pub type NadMeta = kube::core::PartialObjectMeta<NetworkAttachmentDefinition>;
 
 /// A Namespace's metadata alone.
 pub type NamespaceMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
 
+/// `apiVersion` and `kind` are not fields: they are fixed, written on
+/// serialization and ignored on deserialization.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct NetworkAttachmentDefinition {
     pub metadata: ObjectMeta,
@@ -81,6 +81,89 @@ impl Resource for NetworkAttachmentDefinition {
     }
 }
 
+/// A NAD as the protection controller's watch reads it: its metadata and its
+/// `spec.config`, whatever the spec holds (the CRD's schema makes `config` a
+/// string, but a NAD that broke it must not break the watch).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct NadWatched {
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "spec")]
+    pub config: SpecConfig,
+}
+
+/// `spec.config` as the watch found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SpecConfig {
+    /// No spec, no `config`, or a `null` one: Multus reads the CNI file
+    /// named after the NAD on the node.
+    #[default]
+    Absent,
+    Text(String),
+    /// Something other than a string (or a spec that is no object), by
+    /// its JSON type.
+    NotText(&'static str),
+}
+
+impl<'de> Deserialize<'de> for SpecConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_json::Value;
+        let kind = |v: &Value| match v {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        };
+        Ok(match Value::deserialize(d)? {
+            Value::Null => SpecConfig::Absent,
+            Value::Object(mut spec) => match spec.remove("config") {
+                None | Some(Value::Null) => SpecConfig::Absent,
+                Some(Value::String(text)) => SpecConfig::Text(text),
+                Some(other) => SpecConfig::NotText(kind(&other)),
+            },
+            // The spec itself is no object: so neither is its config.
+            other => SpecConfig::NotText(kind(&other)),
+        })
+    }
+}
+
+impl NadWatched {
+    /// The metadata alone, as the cache keeps it.
+    pub fn into_meta(self) -> NadMeta {
+        use kube::core::PartialObjectMetaExt;
+        self.metadata
+            .into_response_partial::<NetworkAttachmentDefinition>()
+    }
+}
+
+impl Resource for NadWatched {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        NetworkAttachmentDefinition::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        NetworkAttachmentDefinition::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        NetworkAttachmentDefinition::version(&())
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        NetworkAttachmentDefinition::api_version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        NetworkAttachmentDefinition::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +185,48 @@ mod tests {
             serde_json::to_value(&nad).unwrap(),
             serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": "a"}})
         );
+    }
+
+    #[test]
+    fn the_watch_reads_any_spec_without_failing() {
+        let read = |spec: serde_json::Value| {
+            serde_json::from_value::<NadWatched>(
+                serde_json::json!({"metadata": {"name": "a"}, "spec": spec}),
+            )
+            .expect("any spec reads")
+            .config
+        };
+        assert_eq!(
+            read(serde_json::json!({"config": "{}"})),
+            SpecConfig::Text("{}".into())
+        );
+        assert_eq!(
+            read(serde_json::json!({"config": ""})),
+            SpecConfig::Text(String::new())
+        );
+        assert_eq!(read(serde_json::json!({})), SpecConfig::Absent);
+        assert_eq!(
+            read(serde_json::json!({"config": null})),
+            SpecConfig::Absent
+        );
+        assert_eq!(read(serde_json::Value::Null), SpecConfig::Absent);
+        assert_eq!(
+            read(serde_json::json!({"config": {"type": "bridge"}})),
+            SpecConfig::NotText("an object")
+        );
+        assert_eq!(
+            read(serde_json::json!({"config": 5})),
+            SpecConfig::NotText("a number")
+        );
+        assert_eq!(
+            read(serde_json::json!("config")),
+            SpecConfig::NotText("a string")
+        );
+        let without: NadWatched =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}})).unwrap();
+        assert_eq!(without.config, SpecConfig::Absent);
+        let meta = without.into_meta();
+        assert_eq!(meta.metadata.name.as_deref(), Some("a"));
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Multus' annotation formats, parsed exactly as Multus parses them.
+//! Multus' formats: the pod annotations, parsed exactly as Multus parses
+//! them, and the CNI configuration a NAD carries (`netconf`), checked as
+//! Multus and libcni will read it.
 //!
 //! Pure: strings in, plain data or a [`AnnotationError`] out. Every parser
 //! bounds its work (see [`limits`]) so that hostile input costs little.
 
 mod golang;
+pub mod netconf;
 mod networks;
 mod status;
 

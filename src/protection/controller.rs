@@ -3,12 +3,13 @@
 //! users changes. It gathers inputs, asks `decide`, and applies the answer.
 
 use super::admission::{AdmissionState, watch_policy};
+use super::configs::NadConfigs;
 use super::decide::{self, Decision, NadState};
 use super::finalizer::{Removal, conflict_retries, remove_finalizer};
 use super::gauges::NadGauges;
 use super::live::{LiveResult, SharedList, live_users};
 use super::tracker::NadWrites;
-use crate::model::{NetworkAttachmentDefinition, ObjectKey};
+use crate::model::{NadWatched, NetworkAttachmentDefinition, ObjectKey};
 use crate::relist::Departures;
 use crate::runtime::events::LastNotes;
 use crate::runtime::retry::reconciled;
@@ -53,6 +54,10 @@ pub struct Context {
     namespaces_synced: tokio::sync::watch::Receiver<bool>,
     /// Last DeletionBlocked message per NAD, so an unchanged one is not repeated.
     last_blocked: LastNotes,
+    /// The verdict on each NAD's `spec.config`, kept by the NAD watch.
+    configs: Arc<Mutex<NadConfigs>>,
+    /// Last InvalidNetworkConfig message per NAD, sent once per problem.
+    last_invalid_config: LastNotes,
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
     writes: Mutex<NadWrites>,
     /// The live LIST that NADs confirming their release share.
@@ -84,6 +89,8 @@ impl Context {
             namespaces,
             namespaces_synced: tokio::sync::watch::channel(true).1,
             last_blocked: LastNotes::default(),
+            configs: Arc::default(),
+            last_invalid_config: LastNotes::default(),
             writes: Mutex::default(),
             live: SharedList::with_gather(gather),
             api_slots: tokio::sync::Semaphore::new(API_CONCURRENCY),
@@ -102,6 +109,11 @@ impl Context {
         Context { admission, ..self }
     }
 
+    /// The verdicts on NAD configs that the NAD watch keeps.
+    pub fn with_configs(self, configs: Arc<Mutex<NadConfigs>>) -> Self {
+        Context { configs, ..self }
+    }
+
     /// Reconciles wait until `synced` turns true.
     pub fn waiting_for_namespaces(self, synced: tokio::sync::watch::Receiver<bool>) -> Self {
         Context {
@@ -114,12 +126,14 @@ impl Context {
     /// reconcile reads it again, so nothing else would.
     fn forget(&self, key: &ObjectKey) {
         self.last_blocked.forget(key);
+        self.last_invalid_config.forget(key);
         self.writes.lock().unwrap().forget(key);
         self.retries.forget(key);
     }
 
     /// Entries of each map kept per NAD, by the name `nadc_tracked_objects`
-    /// gives it. (`last_blocked`, a `LastNotes`, tells no size.)
+    /// gives it. (`last_blocked` and `last_invalid_config`, `LastNotes`,
+    /// tell no size; the config verdicts follow the NAD watch.)
     pub fn tracked(&self) -> [(&'static str, usize); 2] {
         [
             ("nad_writes", self.writes.lock().unwrap().len()),
@@ -195,6 +209,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
 
     let guarded = ctx.admission.guarded();
     let state = nad_state(&ctx, &nad);
+    report_config(&ctx, &nad, &state);
     let users = ctx
         .shared
         .pods
@@ -503,6 +518,35 @@ async fn still_used(ctx: &Context, nad: &NadMeta, state: &NadState, users: &[Obj
     }
 }
 
+/// Warns once per problem of a NAD whose `spec.config` Multus cannot use:
+/// a config that goes on failing the same way is not reported again, one
+/// that fails differently is, and once fixed the next failure is new. A NAD
+/// on its way out is not warned about. The config itself is never touched.
+fn report_config(ctx: &Context, nad: &NadMeta, state: &NadState) {
+    let problem = ctx.configs.lock().unwrap().problem(&state.key);
+    let Some(problem) = problem else {
+        ctx.last_invalid_config.forget(&state.key);
+        return;
+    };
+    if state.deleting || state.namespace_terminating {
+        return;
+    }
+    if let Some(receipt) = ctx.last_invalid_config.claim(&state.key, &problem) {
+        info!(problem = %problem, "invalid network config");
+        ctx.shared.publish_state_change(
+            Event {
+                type_: EventType::Warning,
+                reason: names::reasons::INVALID_NETWORK_CONFIG.into(),
+                note: Some(problem.to_string()),
+                action: "CheckNetworkConfig".into(),
+                secondary: None,
+            },
+            &nad_reference(&nad.metadata),
+            receipt,
+        );
+    }
+}
+
 async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
     let key = ObjectKey::of(nad);
     let message = decide::blocked_message(users);
@@ -529,11 +573,15 @@ pub async fn run(
     triggers: impl Stream<Item = ObjectKey> + Send + 'static,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    // An Api over PartialObjectMeta makes metadata-only requests: a NAD
-    // whose spec is malformed can never break this watch.
-    let api: Api<NadMeta> = Api::all(shared.client.clone());
+    // Read as `NadWatched`, whose spec is read leniently: a NAD whose spec
+    // is malformed can never break this watch. Its config is checked on the
+    // way (`NadConfigs`); the cache keeps the metadata alone.
+    let api: Api<NadWatched> = Api::all(shared.client.clone());
     let (reader, writer) = reflector::store();
     let metrics = shared.metrics.clone();
+    let configs: Arc<Mutex<NadConfigs>> = Arc::default();
+    let checking = configs.clone();
+    let config_metrics = shared.metrics.clone();
     let mut gauges = NadGauges::default();
     // NADs gone, and completed re-lists, for the pod admission ConfigMap's
     // upkeep (see `keep_admission_state`).
@@ -548,6 +596,12 @@ pub async fn run(
         .modify(|nad| {
             nad.managed_fields_mut().clear();
         })
+        .inspect_ok(move |event| {
+            if let Some(invalid) = checking.lock().unwrap().apply(event) {
+                config_metrics.invalid_network_configs.set(invalid as i64);
+            }
+        })
+        .map_ok(|event| crate::relist::map_event(event, NadWatched::into_meta))
         .reflect(writer)
         .inspect_ok(move |event| {
             if let Some((protected, blocked)) = gauges.apply(event) {
@@ -617,6 +671,7 @@ pub async fn run(
     );
     let ctx = Arc::new(
         Context::new(shared, reader.clone(), ns_writer_reader)
+            .with_configs(configs)
             .waiting_for_namespaces(ns_synced_rx)
             .with_policy(guarded_rx),
     );
@@ -765,6 +820,126 @@ mod tests {
 
     fn pod_list(items: &[Value]) -> Value {
         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": items})
+    }
+
+    /// The NAD watch's view of `obj` with this config at this generation,
+    /// fed to the context's config verdicts as the watch would.
+    fn watch_config(ctx: &Context, obj: &Value, generation: i64, config: &str) {
+        let mut watched = obj.clone();
+        watched["metadata"]["generation"] = json!(generation);
+        watched["spec"] = json!({"config": config});
+        let watched: NadWatched = serde_json::from_value(watched).unwrap();
+        ctx.configs
+            .lock()
+            .unwrap()
+            .apply(&watcher::Event::Apply(watched));
+    }
+
+    /// Reconciles a protected, unused NAD (nothing to write) and returns
+    /// the note of the InvalidNetworkConfig Warning it sent, if any.
+    async fn config_warning(
+        ctx: &Arc<Context>,
+        api: &mut ApiServerVerifier,
+        obj: &Value,
+    ) -> Option<String> {
+        let task = tokio::spawn(reconcile(nad_meta(obj), ctx.clone()));
+        assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+        match api.next_within(Duration::from_millis(300)).await {
+            None => None,
+            Some(ex) => {
+                assert_eq!(
+                    (&ex.method, ex.path.as_str()),
+                    (
+                        &Method::POST,
+                        "/apis/events.k8s.io/v1/namespaces/default/events"
+                    )
+                );
+                let body = ex.body.clone();
+                ex.respond(201, body.clone());
+                assert_eq!(body["reason"], names::reasons::INVALID_NETWORK_CONFIG);
+                assert_eq!(body["type"], "Warning");
+                assert_eq!(body["regarding"]["kind"], "NetworkAttachmentDefinition");
+                assert_eq!(body["regarding"]["name"], "foo-network");
+                Some(body["note"].as_str().unwrap().to_string())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_config_gets_one_warning_per_problem_and_is_never_written() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(false, &[names::FINALIZER]);
+        watch_config(&ctx, &obj, 1, r#"{"cniVersion": "1.0.0", "type": "bridge""#);
+        let note = config_warning(&ctx, &mut api, &obj)
+            .await
+            .expect("a Warning");
+        assert!(
+            note.contains("it is not JSON: EOF while parsing an object at line 1 column 40"),
+            "{note}"
+        );
+        // reconciled again (a pod came, a resync): not repeated
+        assert_eq!(config_warning(&ctx, &mut api, &obj).await, None);
+        // fixed the wrong way: another problem, another Warning
+        watch_config(&ctx, &obj, 2, r#"{"cniVersion": "1.0.0", "plugins": []}"#);
+        let note = config_warning(&ctx, &mut api, &obj)
+            .await
+            .expect("a Warning");
+        assert!(note.contains("\"plugins\" is empty"), "{note}");
+        // fixed: silence; broken again as before: a Warning again
+        watch_config(
+            &ctx,
+            &obj,
+            3,
+            r#"{"cniVersion": "1.0.0", "type": "bridge"}"#,
+        );
+        assert_eq!(config_warning(&ctx, &mut api, &obj).await, None);
+        watch_config(&ctx, &obj, 4, r#"{"cniVersion": "1.0.0", "plugins": []}"#);
+        assert!(config_warning(&ctx, &mut api, &obj).await.is_some());
+        // no request but the Events: the config is never rewritten
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_valid_an_empty_and_a_missing_config_get_no_warning() {
+        let (ctx, mut api) = context(&[]);
+        let obj = nad(false, &[names::FINALIZER]);
+        for (generation, config) in [
+            (1, r#"{"name": "n", "plugins": [{"type": "bridge"}]}"#),
+            (2, ""),
+        ] {
+            watch_config(&ctx, &obj, generation, config);
+            assert_eq!(
+                config_warning(&ctx, &mut api, &obj).await,
+                None,
+                "{config:?}"
+            );
+        }
+        // no spec at all
+        let mut bare = obj.clone();
+        bare["metadata"]["generation"] = json!(3);
+        ctx.configs.lock().unwrap().apply(&watcher::Event::Apply(
+            serde_json::from_value(bare).unwrap(),
+        ));
+        assert_eq!(config_warning(&ctx, &mut api, &obj).await, None);
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_nad_being_deleted_gets_no_config_warning() {
+        let (ctx, mut api) = context(&[demo_pod("Running")]);
+        let obj = nad(true, &[names::FINALIZER]);
+        watch_config(&ctx, &obj, 1, "not json");
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
+        // blocked by its user: only the DeletionBlocked Warning
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], names::reasons::DELETION_BLOCKED);
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(BLOCKED_RECHECK)
+        );
+        api.expect_silence().await;
     }
 
     #[tokio::test]

@@ -4,9 +4,11 @@
 //! stale-cache guard for NAD writes; `controller` is the shell that reads the
 //! caches, asks `decide`, and writes the answer; `live` is the live LIST of
 //! pods that every release confirms with, shared between NADs; `gauges`
-//! keeps the protected/blocked counts from the NAD watch.
+//! keeps the protected/blocked counts from the NAD watch, and `configs`
+//! the verdict on each NAD's `spec.config`.
 
 pub mod admission;
+pub mod configs;
 pub mod controller;
 pub mod decide;
 pub mod finalizer;

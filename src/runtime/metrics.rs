@@ -63,6 +63,7 @@ pub struct Metrics {
     pub events_dropped: super::events::Drops,
     pub pod_admission_policy_active: Gauge,
     pub tracked_objects: Family<TrackedLabels, Gauge>,
+    pub invalid_network_configs: Gauge,
 }
 
 impl Default for Metrics {
@@ -97,6 +98,12 @@ impl Default for Metrics {
         }
         let pod_admission_policy_active = Gauge::default();
         let tracked_objects = Family::<TrackedLabels, Gauge>::default();
+        let invalid_network_configs = Gauge::default();
+        registry.register(
+            "invalid_network_configs",
+            "NetworkAttachmentDefinitions whose spec.config Multus cannot use (each has an InvalidNetworkConfig Warning)",
+            invalid_network_configs.clone(),
+        );
         registry.register(
             "tracked_objects",
             "Objects with an entry in a map a controller keeps per object, by controller and map; entries go when their object is deleted, so over a soak these stay flat",
@@ -189,6 +196,7 @@ impl Default for Metrics {
             events_dropped,
             pod_admission_policy_active,
             tracked_objects,
+            invalid_network_configs,
         }
     }
 }
@@ -301,6 +309,7 @@ mod tests {
             "nadc_events_dropped_total{reason=\"write_failed\"} 0",
             "nadc_events_dropped_total{reason=\"shutdown\"} 0",
             "nadc_tracked_objects{controller=\"nad-protection\",map=\"retries\"} 2",
+            "nadc_invalid_network_configs 0",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }
