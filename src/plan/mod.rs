@@ -16,7 +16,8 @@ use crate::endpoints::intent::Intent;
 use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
-use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodView};
+use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodView, SpecConfig};
+use crate::protection::configs::config_problem;
 use crate::protection::decide::{
     Decision, NadState, blocked_message, decide, namespace_terminating,
 };
@@ -96,6 +97,20 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                 }));
             let users = index.users(&state.key);
             let decision = decide(&state, &users);
+            let config = match nad.spec.as_ref().and_then(|s| s.config.clone()) {
+                Some(text) => SpecConfig::Text(text),
+                None => SpecConfig::Absent,
+            };
+            if let Some(problem) = config_problem(&config)
+                && !state.deleting
+                && !state.namespace_terminating
+            {
+                warnings.push(Warning {
+                    reason: reasons::INVALID_NETWORK_CONFIG.into(),
+                    object: format!("NetworkAttachmentDefinition {}", state.key),
+                    message: problem,
+                });
+            }
             if let Decision::Blocked { users } = &decision {
                 warnings.push(Warning {
                     reason: reasons::DELETION_BLOCKED.into(),
@@ -268,6 +283,64 @@ mod tests {
         assert!(
             legacy.cleanup.is_empty(),
             "a refused Service's slices are never cleaned up"
+        );
+    }
+
+    #[test]
+    fn the_plan_warns_of_each_nad_whose_config_multus_cannot_use() {
+        let mut snapshot = Snapshot::default();
+        let nad = |name: &str, config: &str, deleting: bool| {
+            let deletion = if deleting {
+                "\n    deletionTimestamp: \"2026-11-23T10:00:00Z\"\n    finalizers: [x]"
+            } else {
+                ""
+            };
+            format!(
+                "- apiVersion: k8s.cni.cncf.io/v1\n  kind: NetworkAttachmentDefinition\n  metadata:\n    name: {name}\n    namespace: default{deletion}\n  spec:\n    config: {config:?}\n"
+            )
+        };
+        let items = [
+            nad(
+                "broken",
+                r#"{"cniVersion": "1.0.0", "plugins": [{"type": "bridge"}, {}]}"#,
+                false,
+            ),
+            nad(
+                "fine",
+                r#"{"cniVersion": "1.0.0", "type": "bridge"}"#,
+                false,
+            ),
+            nad("empty", "", false),
+            nad("going", "{", true),
+        ]
+        .concat();
+        snapshot
+            .add_yaml(
+                "nads.yaml",
+                &format!("apiVersion: v1\nkind: List\nitems:\n{items}"),
+            )
+            .unwrap();
+        assert_eq!(snapshot.nads.len(), 4);
+        let report = plan(&snapshot, "kube-system", 100);
+        let found: Vec<&Warning> = report
+            .warnings
+            .iter()
+            .filter(|w| w.reason == reasons::INVALID_NETWORK_CONFIG)
+            .collect();
+        assert_eq!(found.len(), 1, "{:?}", report.warnings);
+        assert_eq!(
+            found[0].object,
+            "NetworkAttachmentDefinition default/broken"
+        );
+        assert!(
+            found[0].message.contains("plugins[1] has no \"type\""),
+            "{}",
+            found[0].message
+        );
+        let table = render_table(&report, &snapshot);
+        assert!(
+            table.contains("Warning InvalidNetworkConfig on NetworkAttachmentDefinition default/broken: spec.config is not a CNI configuration"),
+            "{table}"
         );
     }
 
