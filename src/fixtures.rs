@@ -1,6 +1,8 @@
 //! Test fixtures: a mock API server that asserts a reconcile's requests one
 //! by one (the `ApiServerVerifier` pattern of kube-rs/controller-rs), and
-//! builders for the objects the tests use.
+//! builders for the objects the tests use. Every request the mock receives
+//! is recorded (`crate::api_calls`): tests/rbac.rs derives the RBAC from
+//! them.
 
 use crate::runtime::{Settings, Shared, metrics::Metrics};
 use http::{Method, Request, Response};
@@ -83,6 +85,11 @@ impl ApiServerVerifier {
             .ok()?
             .expect("the client was dropped");
         let (parts, body) = request.into_parts();
+        crate::api_calls::record(
+            parts.method.as_str(),
+            parts.uri.path(),
+            parts.uri.query().unwrap_or_default(),
+        );
         let bytes = body.collect_bytes().await.unwrap();
         let body = if bytes.is_empty() {
             Value::Null
@@ -147,6 +154,12 @@ impl ApiServerVerifier {
         if let Ok(Some((req, _))) =
             tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
         {
+            let uri = req.uri();
+            crate::api_calls::record(
+                req.method().as_str(),
+                uri.path(),
+                uri.query().unwrap_or_default(),
+            );
             panic!("unexpected request {} {}", req.method(), req.uri());
         }
     }

@@ -8,6 +8,8 @@
 //! (`index`, the `decide`/`intent`/`desired`/`slices` modules, `multus`,
 //! `model`, `relist`) → `names`.
 
+#[cfg(test)]
+pub mod api_calls;
 pub mod endpoints;
 pub mod feed;
 #[cfg(test)]

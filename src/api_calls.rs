@@ -1,0 +1,357 @@
+//! Test support: what the code asks of the API server, as RBAC sees it.
+//!
+//! Every mock API server of the tests (`fixtures::ApiServerVerifier`, the
+//! model API of tests/protection_model.rs) passes each request it receives
+//! to [`record`], which maps it to the (API group, resource, verb) that
+//! Kubernetes' authorizer checks and appends it, once per test process, to
+//! `<target dir>/nadc-api-calls/<pid>.txt`. tests/rbac.rs, run by .ci/run
+//! after the whole suite, reads every file and compares the set with the
+//! manifests' ClusterRole and Role: the RBAC is derived from these requests.
+//!
+//! Compiled into the lib's unit tests (`#[cfg(test)]`) and included by path
+//! into the integration tests that need it; never into the operator.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// One authorization check: what an RBAC rule must grant for a request.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiCall {
+    /// The API group ("" for the core group).
+    pub group: String,
+    /// The resource, with its subresource after a slash (`pods/status`);
+    /// for a path outside the resource API, the path itself (starting
+    /// with `/`, what a rule's nonResourceURLs names).
+    pub resource: String,
+    /// The namespace of the request, "" if cluster-scoped or all namespaces.
+    pub namespace: String,
+    /// get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+}
+
+impl ApiCall {
+    /// A path outside the resource API (`/version`, `/healthz`).
+    pub fn is_non_resource(&self) -> bool {
+        self.resource.starts_with('/')
+    }
+
+    /// One line of a recording: tab-separated group, resource, namespace,
+    /// verb (the core group is an empty field).
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}",
+            self.group, self.resource, self.namespace, self.verb
+        )
+    }
+
+    pub fn from_line(line: &str) -> Option<ApiCall> {
+        let mut f = line.split('\t');
+        let call = ApiCall {
+            group: f.next()?.to_string(),
+            resource: f.next()?.to_string(),
+            namespace: f.next()?.to_string(),
+            verb: f.next()?.to_string(),
+        };
+        (f.next().is_none() && !call.resource.is_empty() && !call.verb.is_empty()).then_some(call)
+    }
+}
+
+/// Whether a query parameter is set to true, as the API server parses it
+/// (`watch=true`, `watch=1`).
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        k == name && matches!(v, "true" | "1" | "True" | "TRUE" | "t" | "T")
+    })
+}
+
+/// The authorization attributes of a request, derived as the API server's
+/// RequestInfoFactory does: `/api/v1/...` is the core group,
+/// `/apis/<group>/<version>/...` a named one; `namespaces/<ns>/` is
+/// stripped unless what follows is a namespace's own subresource (`status`,
+/// `finalize`); then resource, name, subresource. The verb follows the
+/// method: GET is get on an object, list on a collection (watch with
+/// `watch=true`); POST create, PUT update, PATCH patch; DELETE is delete on
+/// an object, deletecollection on a collection.
+pub fn api_call(method: &str, path: &str, query: &str) -> ApiCall {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let verb = |named: bool| -> String {
+        match method {
+            "GET" | "HEAD" if named => "get",
+            "GET" | "HEAD" if query_flag(query, "watch") => "watch",
+            "GET" | "HEAD" => "list",
+            "POST" => "create",
+            "PUT" => "update",
+            "PATCH" => "patch",
+            "DELETE" if named => "delete",
+            "DELETE" => "deletecollection",
+            other => other,
+        }
+        .to_lowercase()
+    };
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] if !rest.is_empty() => ("", rest),
+        ["apis", group, _version, rest @ ..] if !rest.is_empty() => (*group, rest),
+        _ => {
+            // Outside the resource API: a non-resource URL, whose verb is
+            // the lower-cased method (get, post, ...).
+            return ApiCall {
+                group: String::new(),
+                resource: format!("/{}", parts.join("/")),
+                namespace: String::new(),
+                verb: method.to_lowercase(),
+            };
+        }
+    };
+    let mut rest = rest;
+    let mut namespace = "";
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        namespace = rest[1];
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
+        }
+    }
+    let resource = match rest {
+        [resource] | [resource, _] => resource.to_string(),
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+        [] => unreachable!("rest is never empty"),
+    };
+    ApiCall {
+        group: group.to_string(),
+        resource,
+        namespace: namespace.to_string(),
+        verb: verb(rest.len() > 1),
+    }
+}
+
+/// Where every test process writes what it recorded: `nadc-api-calls` in
+/// cargo's target directory, found from the test binary itself
+/// (`<target>/<profile>/deps/<binary>`): the first ancestor holding cargo's
+/// CACHEDIR.TAG, else three levels up. Recorder and reader agree whatever
+/// CARGO_TARGET_DIR was.
+pub fn recording_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let target = exe
+        .ancestors()
+        .skip(1)
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+        .or_else(|| exe.ancestors().nth(3))
+        .expect("the test binary lies in cargo's target directory");
+    target.join("nadc-api-calls")
+}
+
+static SEEN: Mutex<BTreeSet<ApiCall>> = Mutex::new(BTreeSet::new());
+
+/// Records one request received by a mock API server: appends its
+/// authorization attributes to this process's file, the first time only.
+pub fn record(method: &str, path: &str, query: &str) {
+    let call = api_call(method, path, query);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&call) {
+        return;
+    }
+    let dir = recording_dir();
+    std::fs::create_dir_all(&dir).expect("create the API call recording directory");
+    let file = dir.join(format!("{}.txt", std::process::id()));
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+    writeln!(out, "{}", call.to_line()).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    seen.insert(call);
+}
+
+/// Every call recorded by every test process, and the files read.
+pub fn read_all() -> (BTreeSet<ApiCall>, Vec<PathBuf>) {
+    let dir = recording_dir();
+    let mut calls = BTreeSet::new();
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return (calls, files);
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "txt") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                calls.insert(
+                    ApiCall::from_line(line)
+                        .unwrap_or_else(|| panic!("{}: malformed line {line:?}", path.display())),
+                );
+            }
+            files.push(path);
+        }
+    }
+    (calls, files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(method: &str, path: &str, query: &str) -> (String, String, String, String) {
+        let c = api_call(method, path, query);
+        (c.group, c.resource, c.namespace, c.verb)
+    }
+
+    fn t(g: &str, r: &str, ns: &str, v: &str) -> (String, String, String, String) {
+        (g.into(), r.into(), ns.into(), v.into())
+    }
+
+    #[test]
+    fn get_is_get_on_an_object_list_on_a_collection_and_watch_with_watch_true() {
+        assert_eq!(
+            call("GET", "/api/v1/namespaces/a/pods/p", ""),
+            t("", "pods", "a", "get")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/pods", "limit=500"),
+            t("", "pods", "", "list")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/namespaces/a/pods", "labelSelector=x"),
+            t("", "pods", "a", "list")
+        );
+        assert_eq!(
+            call(
+                "GET",
+                "/api/v1/pods",
+                "resourceVersion=1&watch=true&timeoutSeconds=290"
+            ),
+            t("", "pods", "", "watch")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/pods", "watch=1"),
+            t("", "pods", "", "watch")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/pods", "watch=false"),
+            t("", "pods", "", "list")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/pods", "allowWatchBookmarks=true"),
+            t("", "pods", "", "list")
+        );
+    }
+
+    #[test]
+    fn writes_map_to_create_update_patch_delete_and_deletecollection() {
+        let slices = "/apis/discovery.k8s.io/v1/namespaces/a/endpointslices";
+        let g = "discovery.k8s.io";
+        assert_eq!(
+            call("POST", slices, ""),
+            t(g, "endpointslices", "a", "create")
+        );
+        let one = format!("{slices}/s");
+        assert_eq!(call("PUT", &one, ""), t(g, "endpointslices", "a", "update"));
+        assert_eq!(
+            call("PATCH", &one, ""),
+            t(g, "endpointslices", "a", "patch")
+        );
+        assert_eq!(
+            call("DELETE", &one, ""),
+            t(g, "endpointslices", "a", "delete")
+        );
+        assert_eq!(
+            call("DELETE", slices, ""),
+            t(g, "endpointslices", "a", "deletecollection")
+        );
+    }
+
+    #[test]
+    fn subresources_follow_the_resource() {
+        assert_eq!(
+            call("PUT", "/api/v1/namespaces/a/services/web/finalizers", ""),
+            t("", "services/finalizers", "a", "update")
+        );
+        assert_eq!(
+            call("PATCH", "/api/v1/namespaces/a/pods/p/status", ""),
+            t("", "pods/status", "a", "patch")
+        );
+    }
+
+    #[test]
+    fn namespaces_are_a_resource_with_their_own_subresources() {
+        assert_eq!(
+            call("GET", "/api/v1/namespaces", "watch=true"),
+            t("", "namespaces", "", "watch")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/namespaces", ""),
+            t("", "namespaces", "", "list")
+        );
+        assert_eq!(
+            call("GET", "/api/v1/namespaces/a", ""),
+            t("", "namespaces", "a", "get")
+        );
+        assert_eq!(
+            call("PUT", "/api/v1/namespaces/a/finalize", ""),
+            t("", "namespaces/finalize", "a", "update")
+        );
+        assert_eq!(
+            call("PATCH", "/api/v1/namespaces/a/status", ""),
+            t("", "namespaces/status", "a", "patch")
+        );
+    }
+
+    #[test]
+    fn named_groups_and_cluster_scoped_resources() {
+        assert_eq!(
+            call(
+                "GET",
+                "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/p",
+                ""
+            ),
+            t(
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicies",
+                "",
+                "get"
+            )
+        );
+        assert_eq!(
+            call(
+                "PATCH",
+                "/apis/k8s.cni.cncf.io/v1/namespaces/a/network-attachment-definitions/n",
+                ""
+            ),
+            t(
+                "k8s.cni.cncf.io",
+                "network-attachment-definitions",
+                "a",
+                "patch"
+            )
+        );
+        assert_eq!(
+            call("PATCH", "/apis/events.k8s.io/v1/namespaces/a/events/e", ""),
+            t("events.k8s.io", "events", "a", "patch")
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_resource_api_are_non_resource_urls() {
+        let c = api_call("GET", "/version", "");
+        assert!(c.is_non_resource());
+        assert_eq!((c.resource.as_str(), c.verb.as_str()), ("/version", "get"));
+        assert!(api_call("GET", "/apis", "").is_non_resource());
+        assert!(!api_call("GET", "/api/v1/pods", "").is_non_resource());
+    }
+
+    #[test]
+    fn a_line_round_trips() {
+        for c in [
+            api_call("GET", "/api/v1/pods", "watch=true"),
+            api_call(
+                "PATCH",
+                "/apis/coordination.k8s.io/v1/namespaces/x/leases/l",
+                "",
+            ),
+        ] {
+            assert_eq!(ApiCall::from_line(&c.to_line()), Some(c));
+        }
+        assert_eq!(ApiCall::from_line("garbage"), None);
+    }
+}
