@@ -1,8 +1,8 @@
 //! Test fixtures: a mock API server that asserts a reconcile's requests one
 //! by one (the `ApiServerVerifier` pattern of kube-rs/controller-rs), and
 //! builders for the objects the tests use. Every request the mock receives
-//! is recorded (`crate::api_calls`): tests/rbac.rs derives the RBAC from
-//! them.
+//! from the operator's code is recorded (`crate::api_calls`): tests/rbac.rs
+//! derives the RBAC from them.
 
 use crate::runtime::{Settings, Shared, metrics::Metrics};
 use http::{Method, Request, Response};
@@ -12,7 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_test::mock::{Handle, SendResponse};
 
-pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
+pub struct ApiServerVerifier {
+    handle: Handle<Request<Body>, Response<Body>>,
+    /// Whether what arrives counts for the RBAC (tests/rbac.rs): false
+    /// only for a test whose requests are its own, not the operator's.
+    record: bool,
+}
 
 /// One request received by the mock API server, waiting for its response.
 pub struct Exchange {
@@ -80,16 +85,12 @@ impl ApiServerVerifier {
     /// The next request, whatever it is (for requests whose order is not
     /// part of the behaviour under test); None after `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Exchange> {
-        let (request, send) = tokio::time::timeout(wait, self.0.next_request())
+        let (request, send) = tokio::time::timeout(wait, self.handle.next_request())
             .await
             .ok()?
             .expect("the client was dropped");
         let (parts, body) = request.into_parts();
-        crate::api_calls::record(
-            parts.method.as_str(),
-            parts.uri.path(),
-            parts.uri.query().unwrap_or_default(),
-        );
+        self.record(&parts.method, &parts.uri);
         let bytes = body.collect_bytes().await.unwrap();
         let body = if bytes.is_empty() {
             Value::Null
@@ -152,25 +153,38 @@ impl ApiServerVerifier {
     /// Asserts that no further request arrives.
     pub async fn expect_silence(&mut self) {
         if let Ok(Some((req, _))) =
-            tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
+            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
         {
-            let uri = req.uri();
-            crate::api_calls::record(
-                req.method().as_str(),
-                uri.path(),
-                uri.query().unwrap_or_default(),
-            );
+            self.record(req.method(), req.uri());
             panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    }
+
+    fn record(&self, method: &Method, uri: &http::Uri) {
+        if self.record {
+            crate::api_calls::record(method.as_str(), uri.path(), uri.query().unwrap_or_default());
         }
     }
 }
 
-/// A client wired to a mock API server.
+/// A client wired to a mock API server, for the operator's code: what it
+/// sends is recorded for the RBAC check.
 pub fn mock_client() -> (kube::Client, ApiServerVerifier) {
+    mock_client_recording(true)
+}
+
+/// A client wired to a mock API server, for a test that sends requests of
+/// its own, as a user or another component would: the operator's RBAC need
+/// not grant them, so they are not recorded.
+pub fn mock_client_not_the_operator() -> (kube::Client, ApiServerVerifier) {
+    mock_client_recording(false)
+}
+
+fn mock_client_recording(record: bool) -> (kube::Client, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     (
         kube::Client::new(service, "default"),
-        ApiServerVerifier(handle),
+        ApiServerVerifier { handle, record },
     )
 }
 

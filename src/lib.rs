@@ -10,6 +10,8 @@
 
 #[cfg(test)]
 pub mod api_calls;
+#[cfg(test)]
+mod api_calls_tests;
 pub mod endpoints;
 pub mod feed;
 #[cfg(test)]

@@ -399,4 +399,85 @@ mod tests {
         renamed["spec"]["policyName"] = json!("something-else");
         assert!(binding_guards(&renamed, "nadc").is_err());
     }
+
+    const AR: &str = "/apis/admissionregistration.k8s.io";
+
+    /// As the API server returns a binding or policy at `version`.
+    fn served(version: &str, kind: &str, mut object: Value) -> Value {
+        object["apiVersion"] = json!(format!("admissionregistration.k8s.io/{version}"));
+        object["kind"] = json!(kind);
+        object["metadata"] = json!({"name": names::POD_ADMISSION_POLICY});
+        object
+    }
+
+    /// A 1.28 or 1.29 server serves the policies at v1beta1 only: the v1
+    /// binding is not found, the v1beta1 binding guards our namespace, and
+    /// the policy it names is there.
+    #[tokio::test]
+    async fn the_policy_is_in_force_at_v1beta1_when_v1_is_not_served() {
+        let (client, mut api) = crate::fixtures::mock_client();
+        let check = tokio::spawn(async move { check_policy(&client, "nadc").await });
+        let name = names::POD_ADMISSION_POLICY;
+        api.expect(
+            http::Method::GET,
+            &format!("{AR}/v1/validatingadmissionpolicybindings/{name}"),
+        )
+        .await
+        .respond(404, crate::fixtures::status(404, "NotFound"));
+        api.expect(
+            http::Method::GET,
+            &format!("{AR}/v1beta1/validatingadmissionpolicybindings/{name}"),
+        )
+        .await
+        .respond(
+            200,
+            served(
+                "v1beta1",
+                "ValidatingAdmissionPolicyBinding",
+                binding("nadc", &["Deny"]),
+            ),
+        );
+        api.expect(
+            http::Method::GET,
+            &format!("{AR}/v1beta1/validatingadmissionpolicies/{name}"),
+        )
+        .await
+        .respond(
+            200,
+            served("v1beta1", "ValidatingAdmissionPolicy", json!({"spec": {}})),
+        );
+        assert_eq!(check.await.unwrap(), PolicyStatus::Active("v1beta1"));
+        api.expect_silence().await;
+    }
+
+    #[tokio::test]
+    async fn a_binding_whose_policy_is_missing_is_not_in_force() {
+        let (client, mut api) = crate::fixtures::mock_client();
+        let check = tokio::spawn(async move { check_policy(&client, "nadc").await });
+        let name = names::POD_ADMISSION_POLICY;
+        api.expect(
+            http::Method::GET,
+            &format!("{AR}/v1/validatingadmissionpolicybindings/{name}"),
+        )
+        .await
+        .respond(
+            200,
+            served(
+                "v1",
+                "ValidatingAdmissionPolicyBinding",
+                binding("nadc", &["Deny"]),
+            ),
+        );
+        api.expect(
+            http::Method::GET,
+            &format!("{AR}/v1/validatingadmissionpolicies/{name}"),
+        )
+        .await
+        .respond(404, crate::fixtures::status(404, "NotFound"));
+        let PolicyStatus::Inactive(why) = check.await.unwrap() else {
+            panic!("in force without its policy");
+        };
+        assert!(why.contains("policy") && why.contains("is not"), "{why}");
+        api.expect_silence().await;
+    }
 }

@@ -680,6 +680,27 @@ mod tests {
         }
     }
 
+    /// A repeat of one reason on one object is not a new Event: the first
+    /// is patched into a series whose count goes up, keeping its note.
+    #[tokio::test]
+    async fn a_repeated_series_event_patches_the_first_into_a_series() {
+        let (client, mut api) = mock_client();
+        let outbox = Outbox::start(client, Reporter::from("test"), Default::default());
+        outbox.send(event("first"), &pod("a"), Kind::Series, None);
+        let first = api.expect_event("default").await;
+        assert_eq!(first["note"], "first");
+        let name = first["metadata"]["name"].as_str().expect("a named Event");
+        outbox.send(event("second"), &pod("a"), Kind::Series, None);
+        let patch = api
+            .expect(Method::PATCH, &format!("{EVENTS_PATH}/{name}"))
+            .await;
+        assert_eq!(patch.body["series"]["count"], 2);
+        assert_eq!(patch.body["note"], "first", "a series keeps its first note");
+        let body = patch.body.clone();
+        patch.respond(200, body);
+        api.expect_silence().await;
+    }
+
     fn key(name: &str) -> ObjectKey {
         ObjectKey::new("default", name)
     }

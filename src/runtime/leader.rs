@@ -354,6 +354,102 @@ mod tests {
         assert!(!frees_the_lease(&watcher::Event::InitDone));
     }
 
+    /// RFC 7386 merge: what the mock API server makes of a Lease patch
+    /// (server-side apply and strategic merge agree on a Lease's scalars).
+    fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        match (target, patch) {
+            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(json!({})), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    /// A mock API server holding one Lease: reads, a create, patches; the
+    /// Lease watch is left open.
+    async fn serve_one_lease(
+        mut api: crate::fixtures::ApiServerVerifier,
+        stored: std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+        patched_by: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        let mut open_watches = Vec::new();
+        while let Some(ex) = api.next_within(Duration::from_secs(30)).await {
+            let mut lease = stored.lock().unwrap();
+            match ex.method.as_str() {
+                "GET" if ex.query.contains("watch=") => open_watches.push(ex),
+                "GET" if ex.path.ends_with("/leases") => {
+                    let items: Vec<_> = lease.iter().cloned().collect();
+                    ex.respond(
+                        200,
+                        json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+                               "metadata": {"resourceVersion": "1"}, "items": items}),
+                    );
+                }
+                "GET" => match lease.clone() {
+                    Some(l) => {
+                        ex.respond(200, l);
+                    }
+                    None => {
+                        ex.respond(404, crate::fixtures::status(404, "NotFound"));
+                    }
+                },
+                "POST" => {
+                    let mut created = ex.body.clone();
+                    created["metadata"]["resourceVersion"] = json!("1");
+                    *lease = Some(created.clone());
+                    ex.respond(201, created);
+                }
+                "PATCH" => {
+                    let l = lease.as_mut().expect("a patch of a Lease that exists");
+                    merge(l, &ex.body);
+                    patched_by.lock().unwrap().push(ex.query.clone());
+                    let out = l.clone();
+                    ex.respond(200, out);
+                }
+                other => panic!("unexpected {other} {}", ex.path),
+            }
+        }
+    }
+
+    /// The first replica creates the Lease, takes it by writing its
+    /// identity (as its own field manager), and on release clears the
+    /// holder so that a standby may take it at once.
+    #[tokio::test]
+    async fn a_replica_takes_a_free_lease_and_frees_it_on_release() {
+        let (client, api) = crate::fixtures::mock_client();
+        let stored = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let patched_by = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = tokio::spawn(serve_one_lease(api, stored.clone(), patched_by.clone()));
+        let namespace = crate::runtime::config::DEFAULT_NAMESPACE;
+        let holder = |stored: &std::sync::Mutex<Option<serde_json::Value>>| {
+            stored.lock().unwrap().as_ref().expect("the Lease")["spec"]["holderIdentity"].clone()
+        };
+
+        let mut leadership = Leadership::start(client, "nadc", namespace, "me", 15).await;
+        tokio::time::timeout(Duration::from_secs(10), leadership.acquired())
+            .await
+            .expect("the free Lease is taken");
+        assert_eq!(holder(&stored), json!("me"));
+        assert!(
+            patched_by
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|q| q.contains(&format!("fieldManager={}", field_manager("me")))),
+            "{patched_by:?}"
+        );
+
+        leadership.release(Duration::from_secs(10)).await;
+        assert_eq!(holder(&stored), serde_json::Value::Null, "released");
+        server.abort();
+    }
+
     #[test]
     fn each_replica_writes_the_lease_as_its_own_field_manager() {
         assert_ne!(field_manager("pod-a"), field_manager("pod-b"));
