@@ -6,7 +6,6 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod permissions;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
