@@ -547,6 +547,21 @@ impl Drop for TestNs {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "{e}");
         }
+        // The operator runs under the shipped RBAC (E2E_OPERATOR_AS): a
+        // permission it lacks shows as a refusal in its log, which fails the
+        // test (unless it is failing already).
+        if !std::thread::panicking()
+            && let Some(refusals) = operator::started().and_then(Operator::rbac_refusals_so_far)
+        {
+            assert!(
+                refusals.is_empty(),
+                "the API server refused the operator for want of permission ({} times; its log: {}); \
+                 manifests/rbac.yaml lacks what the code sends, which tests/rbac.rs should have caught:\n{}",
+                refusals.len(),
+                operator::local_log().display(),
+                refusals.join("\n")
+            );
+        }
     }
 }
 

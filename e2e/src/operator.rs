@@ -35,6 +35,41 @@ pub struct Operator {
 
 static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
 
+/// The operator of this test process, once started.
+pub fn started() -> Option<&'static Operator> {
+    OPERATOR.get()
+}
+
+/// Where the local operator of this test process logs (every restart
+/// appends).
+pub fn local_log() -> PathBuf {
+    std::env::temp_dir().join(format!("nadc-e2e-operator-{}.log", std::process::id()))
+}
+
+/// (resource, API group) whose RBAC refusals a test provokes on purpose.
+static TOLERATED_REFUSALS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The lines of an operator log where the API server refused a request for
+/// want of permission: its authorizer answers 403 with `<resource> is
+/// forbidden: User "<user>" cannot <verb> resource "<resource>" in API
+/// group "<group>" ...`. Other 403s are no RBAC matter and do not count: a
+/// namespace being deleted refuses new objects ("forbidden: unable to
+/// create new content"), an admission policy denies ("forbidden:
+/// ValidatingAdmissionPolicy ..."). Refusals of a `tolerated` (resource,
+/// group) are left out. Quotes may come escaped (the JSON log format).
+pub fn rbac_refusals<'a>(log: &'a str, tolerated: &[(String, String)]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|line| {
+            let plain = line.replace('\\', "");
+            plain.contains("is forbidden: User \"")
+                && plain.contains(" cannot ")
+                && !tolerated.iter().any(|(resource, group)| {
+                    plain.contains(&format!("resource \"{resource}\" in API group \"{group}\""))
+                })
+        })
+        .collect()
+}
+
 /// The binary the local mode runs: `E2E_BINARY`, else the operator built
 /// beside this executable (same target directory and profile, so
 /// `CARGO_TARGET_DIR` and `--release` are followed).
@@ -156,8 +191,7 @@ impl Operator {
                     "{} is missing: run `cargo build --bin k8s-net-attach-def-controller` first (just e2e-local does)",
                     bin.display()
                 );
-                let log = std::env::temp_dir()
-                    .join(format!("nadc-e2e-operator-{}.log", std::process::id()));
+                let log = local_log();
                 let out = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -332,6 +366,33 @@ impl Operator {
     pub fn pid(&self) -> Option<u32> {
         self.child.lock().unwrap().as_ref().map(Child::id)
     }
+
+    /// For a test that takes a permission away on purpose: refusals of
+    /// `resource` in API `group` ("" for the core group) no longer fail
+    /// the tests of this process.
+    pub fn tolerate_rbac_refusals(&self, resource: &str, group: &str) {
+        TOLERATED_REFUSALS
+            .lock()
+            .unwrap()
+            .push((resource.into(), group.into()));
+    }
+
+    /// The RBAC refusals in the local operator's log so far (`rbac_refusals`).
+    /// None for a deployed operator, whose log is not read here (a restart
+    /// deletes its pod, and the log with it).
+    pub fn rbac_refusals_so_far(&self) -> Option<Vec<String>> {
+        if self.mode != Mode::Local {
+            return None;
+        }
+        let log = std::fs::read_to_string(local_log()).unwrap_or_default();
+        let tolerated = TOLERATED_REFUSALS.lock().unwrap().clone();
+        Some(
+            rbac_refusals(&log, &tolerated)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        )
+    }
 }
 
 /// Waits until a ready operator pod exists that is not one of `old`.
@@ -462,5 +523,43 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    /// As the operator logs them (text format, from a run on Kubernetes
+    /// 1.36.2 with `get` on services taken away; the Status cut short).
+    const REFUSED_GET: &str = r#"2026-12-01T04:58:24.275201Z  WARN reconciling object{object.ref=Service.v1./mig.e2e-migrate-373472 object.reason=object updated}: nadc::runtime::retry: reconcile failed controller="secondary-endpoints" object=e2e-migrate-373472/mig attempt=1 retry_in=1s error=reading, before deleting Kubernetes' slices of it, e2e-migrate-373472/mig: ApiError: services "mig" is forbidden: User "system:serviceaccount:net-attach-def-system:k8s-net-attach-def-controller" cannot get resource "services" in API group "" in the namespace "e2e-migrate-373472": Forbidden (Status { status: Some(Failure), code: 403 })"#;
+    const TERMINATING: &str = r#"2026-12-01T04:56:46.766054Z  WARN nadc::runtime::events: could not publish event; the Event is dropped reason=DeletionBlocked object=Some("local") error=ApiError: events.events.k8s.io "local.18ed08597656f5ba" is forbidden: unable to create new content in namespace e2e-nsdel-cc0531 because it is being terminated: Forbidden (Status { status: Some(Failure), code: 403 })"#;
+    /// The JSON log format escapes the quotes.
+    const REFUSED_EVENT_JSON: &str = r#"{"level":"WARN","fields":{"message":"could not publish event; the Event is dropped","error":"ApiError: events.events.k8s.io \"web.1\" is forbidden: User \"system:serviceaccount:net-attach-def-system:k8s-net-attach-def-controller\" cannot patch resource \"events\" in API group \"events.k8s.io\" in the namespace \"e2e-a\": Forbidden"}}"#;
+    const ADMISSION: &str = r#"2026-12-01T05:00:02.000000Z  INFO x: pods "p" is forbidden: ValidatingAdmissionPolicy 'net-attach-def-pod-admission' with binding 'net-attach-def-pod-admission' denied request: NAD is being released"#;
+
+    #[test]
+    fn only_refusals_for_want_of_permission_count() {
+        let log = [
+            REFUSED_GET,
+            TERMINATING,
+            REFUSED_EVENT_JSON,
+            ADMISSION,
+            "INFO ready",
+        ]
+        .join("\n");
+        assert_eq!(
+            rbac_refusals(&log, &[]),
+            vec![REFUSED_GET, REFUSED_EVENT_JSON]
+        );
+    }
+
+    #[test]
+    fn a_tolerated_resource_is_left_out() {
+        let log = [REFUSED_GET, REFUSED_EVENT_JSON].join("\n");
+        let events = [("events".to_string(), "events.k8s.io".to_string())];
+        assert_eq!(rbac_refusals(&log, &events), vec![REFUSED_GET]);
+        let pods_elsewhere = [("pods".to_string(), "apps".to_string())];
+        assert_eq!(rbac_refusals(&log, &pods_elsewhere).len(), 2);
     }
 }

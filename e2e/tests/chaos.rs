@@ -1245,9 +1245,7 @@ async fn chaos_no_nad_in_use_disappears() {
     if !violations.is_empty() {
         println!(
             "operator log: {}",
-            std::env::temp_dir()
-                .join(format!("nadc-e2e-operator-{}.log", std::process::id()))
-                .display()
+            nadc_e2e::operator::local_log().display()
         );
     }
     assert!(
