@@ -19,24 +19,41 @@ pub struct PodChange {
 }
 
 impl PodChange {
-    /// NADs whose set of users this change altered.
+    /// NADs whose set of users this change altered, and those the pod
+    /// started or stopped naming in its annotations (which may differ when
+    /// network-status holds them either way); every NAD either side names
+    /// when the pod was re-created under its name (a re-list may show that
+    /// as one change).
     pub fn touched_nads(&self) -> BTreeSet<ObjectKey> {
-        let old: BTreeSet<&ObjectKey> = self
-            .old
-            .as_deref()
-            .map(PodView::nads_in_use)
-            .unwrap_or_default()
-            .iter()
-            .collect();
-        let new: BTreeSet<&ObjectKey> = self
-            .new
-            .as_deref()
-            .map(PodView::nads_in_use)
-            .unwrap_or_default()
-            .iter()
-            .collect();
-        old.symmetric_difference(&new)
-            .map(|k| (*k).clone())
+        type Sides<'a> = (BTreeSet<&'a ObjectKey>, BTreeSet<&'a ObjectKey>);
+        fn side(pod: &Option<Arc<PodView>>) -> Sides<'_> {
+            match pod.as_deref() {
+                Some(p) => (
+                    p.nads_in_use().iter().collect(),
+                    p.named_nads().map(|(nad, _)| nad).collect(),
+                ),
+                None => Default::default(),
+            }
+        }
+        let (old_used, old_named) = side(&self.old);
+        let (new_used, new_named) = side(&self.new);
+        let recreated = match (&self.old, &self.new) {
+            (Some(old), Some(new)) => old.uid != new.uid,
+            _ => false,
+        };
+        let named: Vec<&ObjectKey> = if recreated {
+            old_named.union(&new_named).copied().collect()
+        } else {
+            old_named
+                .symmetric_difference(&new_named)
+                .copied()
+                .collect()
+        };
+        old_used
+            .symmetric_difference(&new_used)
+            .copied()
+            .chain(named)
+            .cloned()
             .collect()
     }
 }
@@ -216,6 +233,16 @@ impl PodIndex {
             .get(nad)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The pod filed under `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<PodView>> {
+        self.by_namespace.get(&key.namespace)?.get(&key.name)
+    }
+
+    /// Every pod, in no order.
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<PodView>> {
+        self.by_namespace.values().flat_map(|pods| pods.values())
     }
 
     pub fn len(&self) -> usize {

@@ -103,6 +103,8 @@ pub mod reasons {
     pub const FOREIGN_ENDPOINT_SLICES: &str = "ForeignEndpointSlices";
     /// A NAD whose `spec.config` Multus cannot use.
     pub const INVALID_NETWORK_CONFIG: &str = "InvalidNetworkConfig";
+    /// A pod that names a NAD which does not exist.
+    pub const NETWORK_ATTACHMENT_DEFINITION_NOT_FOUND: &str = "NetworkAttachmentDefinitionNotFound";
 }
 
 /// Default Multus namespace: where a namespace-less default-network lives.

@@ -1,8 +1,10 @@
 //! End-to-end checks of what Multus would fail on later, reported when it is
 //! written: a NAD whose `spec.config` Multus cannot use gets one
 //! `InvalidNetworkConfig` Warning (a valid and an empty config none), and
-//! `nadc_invalid_network_configs` counts it. Needs the operator started
-//! here (`E2E_CONTROLLER=local`), whose /metrics the test reads. `#[ignore]`d
+//! `nadc_invalid_network_configs` counts it; a pod naming a NAD that does
+//! not exist gets one `NetworkAttachmentDefinitionNotFound` Warning per NAD,
+//! and creating the NAD brings no other. Needs the operator started here
+//! (`E2E_CONTROLLER=local`), whose /metrics the tests read. `#[ignore]`d
 //! like every cluster test: `just e2e-local` runs them.
 
 use kube::api::{Patch, PatchParams, PostParams};
@@ -212,4 +214,136 @@ async fn each_kind_of_bad_config_gets_its_warning_and_valid_ones_none() {
         (gauge(op, INVALID_CONFIGS).await == before).then_some(())
     })
     .await;
+}
+
+const DANGLING: &str = "nadc_dangling_network_references";
+
+/// The notes of our NetworkAttachmentDefinitionNotFound Warnings on a pod.
+async fn not_found_warnings(t: &TestNs, pod: &str) -> Vec<String> {
+    let mut notes: Vec<String> = t
+        .events(
+            "Pod",
+            pod,
+            names::reasons::NETWORK_ATTACHMENT_DEFINITION_NOT_FOUND,
+        )
+        .await
+        .into_iter()
+        .inspect(|e| assert_eq!(e.type_.as_deref(), Some("Warning")))
+        .filter_map(|e| e.note)
+        .collect();
+    notes.sort();
+    notes
+}
+
+fn not_found(annotation: &str, nad: &str) -> String {
+    let namespace = nad.split('/').next().unwrap();
+    format!(
+        "{annotation} names NetworkAttachmentDefinition {nad}, which does not exist: Multus cannot attach it, so the pod's sandbox cannot start. Create it in namespace {namespace}, or remove it from the annotation"
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: just e2e-local"]
+async fn a_pod_naming_a_missing_nad_gets_its_warning_and_creating_the_nad_brings_no_other() {
+    let (client, op) = setup().await;
+    let t = TestNs::new(&client, "dangling").await;
+    let other = TestNs::new(&client, "dangling-other").await;
+    let before = gauge(op, DANGLING).await;
+    t.create_nad("present").await;
+    let (ns, other_ns) = (t.ns.as_str(), other.ns.as_str());
+    // the comma form across namespaces, the JSON form, default-network
+    t.create_pod(
+        "comma",
+        json!({names::NETWORKS_ANNOTATION: format!("missing-a, {other_ns}/missing-b, present")}),
+        json!({}),
+    )
+    .await;
+    t.create_pod(
+        "json",
+        json!({names::NETWORKS_ANNOTATION: r#"[{"name": "missing-a", "interface": "net1"}]"#}),
+        json!({}),
+    )
+    .await;
+    t.create_pod(
+        "default",
+        json!({names::DEFAULT_NETWORK_ANNOTATION: format!("{ns}/missing-c")}),
+        json!({}),
+    )
+    .await;
+    t.create_user("fine", "present").await;
+
+    let networks = names::NETWORKS_ANNOTATION;
+    let expected = [
+        (
+            "comma",
+            vec![
+                not_found(networks, &format!("{ns}/missing-a")),
+                not_found(networks, &format!("{other_ns}/missing-b")),
+            ],
+        ),
+        (
+            "json",
+            vec![not_found(networks, &format!("{ns}/missing-a"))],
+        ),
+        (
+            "default",
+            vec![not_found(
+                names::DEFAULT_NETWORK_ANNOTATION,
+                &format!("{ns}/missing-c"),
+            )],
+        ),
+    ];
+    for (pod, notes) in &expected {
+        let mut want = notes.clone();
+        want.sort();
+        eventually(
+            &format!("NetworkAttachmentDefinitionNotFound on {pod}"),
+            || async {
+                let got = not_found_warnings(&t, pod).await;
+                assert!(got.len() <= want.len(), "{pod}: {got:?}");
+                (got == want).then_some(())
+            },
+        )
+        .await;
+    }
+    eventually("the gauge counts four dangling references", || async {
+        (gauge(op, DANGLING).await == before + 4).then_some(())
+    })
+    .await;
+
+    // Created: settled in silence, while the pods change and the grace of a
+    // new reference passes.
+    t.create_nad("missing-a").await;
+    other.create_nad("missing-b").await;
+    for pod in ["comma", "json", "default", "fine"] {
+        t.pods()
+            .patch(
+                pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .unwrap();
+    }
+    eventually("the gauge drops to the one still dangling", || async {
+        (gauge(op, DANGLING).await == before + 1).then_some(())
+    })
+    .await;
+    consistently(
+        "no second Warning, none on the pod whose NAD exists",
+        nadc::protection::references::GRACE + Duration::from_secs(3),
+        || async {
+            not_found_warnings(&t, "comma").await.len() == 2
+                && not_found_warnings(&t, "json").await.len() == 1
+                && not_found_warnings(&t, "default").await.len() == 1
+                && not_found_warnings(&t, "fine").await.is_empty()
+        },
+    )
+    .await;
+    t.create_nad("missing-c").await;
+    eventually("every reference settled", || async {
+        (gauge(op, DANGLING).await == before).then_some(())
+    })
+    .await;
+    assert_eq!(not_found_warnings(&t, "default").await.len(), 1);
 }

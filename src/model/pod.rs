@@ -210,6 +210,11 @@ pub struct PodView {
     /// when a value does not parse) and those Multus reports attached in
     /// network-status. Protection errs towards holding.
     pub nads: Vec<ObjectKey>,
+    /// The NADs its networks and default-network annotations ask Multus
+    /// for (parsed, so none for a value that does not parse), each with
+    /// the annotation naming it, as an index into `nads`: the pod's sandbox
+    /// needs each of them (see [`PodView::named_nads`]).
+    named: Box<[(u32, &'static str)]>,
     /// Multus' report of the attached secondary networks (default entry dropped).
     pub network_status: Vec<NetworkStatus>,
     pub problems: Vec<AnnotationProblem>,
@@ -222,6 +227,7 @@ impl PodView {
         let annotations = meta.annotations.unwrap_or_default();
         let mut problems = Vec::new();
         let mut nads = Vec::new();
+        let mut named: Vec<(ObjectKey, &'static str)> = Vec::new();
         let mut report = |annotation: &'static str, value: &str, error, held: &[ObjectKey]| {
             problems.push(AnnotationProblem {
                 annotation,
@@ -233,7 +239,10 @@ impl PodView {
 
         if let Some(value) = annotations.get(names::NETWORKS_ANNOTATION) {
             match multus::parse_networks(value, &namespace) {
-                Ok(sel) => nads.extend(sel.iter().map(|s| s.nad())),
+                Ok(sel) => {
+                    nads.extend(sel.iter().map(|s| s.nad()));
+                    named.extend(sel.iter().map(|s| (s.nad(), names::NETWORKS_ANNOTATION)));
+                }
                 Err(e) => {
                     let held = multus::nad_candidates(value, &namespace);
                     report(names::NETWORKS_ANNOTATION, value, e, &held);
@@ -243,7 +252,10 @@ impl PodView {
         }
         if let Some(value) = annotations.get(names::DEFAULT_NETWORK_ANNOTATION) {
             match multus::parse_default_network(value, multus_namespace) {
-                Ok(sel) => nads.push(sel.nad()),
+                Ok(sel) => {
+                    nads.push(sel.nad());
+                    named.push((sel.nad(), names::DEFAULT_NETWORK_ANNOTATION));
+                }
                 Err(e) => {
                     let held = multus::nad_candidates(value, multus_namespace);
                     report(names::DEFAULT_NETWORK_ANNOTATION, value, e, &held);
@@ -288,6 +300,16 @@ impl PodView {
         nads.sort();
         nads.dedup();
         nads.shrink_to_fit();
+        // A name no NAD can have is not in `nads`, and is left out here too.
+        let mut named: Vec<(u32, &'static str)> = named
+            .into_iter()
+            .filter_map(|(nad, annotation)| {
+                let at = nads.binary_search(&nad).ok()?;
+                Some((u32::try_from(at).ok()?, annotation))
+            })
+            .collect();
+        named.sort();
+        named.dedup();
 
         let status = pod.status;
         let ready = status
@@ -323,6 +345,7 @@ impl PodView {
             subdomain: pod.spec.subdomain,
             ports,
             nads,
+            named: named.into_boxed_slice(),
             network_status,
             problems,
         }
@@ -362,6 +385,17 @@ impl PodView {
 
     pub fn uses(&self, nad: &ObjectKey) -> bool {
         self.nads_in_use().binary_search(nad).is_ok()
+    }
+
+    /// The NADs its networks and default-network annotations ask Multus
+    /// for, each with the annotation naming it (a NAD both name comes
+    /// twice): those Multus must find to create the pod's sandbox. None once
+    /// the pod is terminal, as for `nads_in_use`. In the order of `nads`.
+    pub fn named_nads(&self) -> impl Iterator<Item = (&ObjectKey, &'static str)> {
+        let named: &[(u32, &'static str)] = if self.terminal { &[] } else { &self.named };
+        named
+            .iter()
+            .map(|(at, annotation)| (&self.nads[*at as usize], *annotation))
     }
 }
 

@@ -18,6 +18,7 @@ use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
 use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodView, SpecConfig};
 use crate::protection::configs::config_problem;
+use crate::protection::dangling::dangling_references;
 use crate::protection::decide::{
     Decision, NadState, blocked_message, decide, namespace_terminating,
 };
@@ -127,6 +128,15 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
         })
         .collect();
     let known: BTreeSet<ObjectKey> = nads.iter().map(|n| n.key.clone()).collect();
+    // As the controller reports them: not for a pod being deleted.
+    let live_pods = index.pods().map(|p| p.as_ref()).filter(|p| !p.deleting);
+    for r in dangling_references(live_pods, |k| known.contains(k)) {
+        warnings.push(Warning {
+            reason: reasons::NETWORK_ATTACHMENT_DEFINITION_NOT_FOUND.into(),
+            object: format!("Pod {}", r.pod),
+            message: r.message(),
+        });
+    }
     let mut missing: Vec<&ObjectKey> = index.used_nads().filter(|k| !known.contains(*k)).collect();
     missing.sort();
     for key in missing {
@@ -341,6 +351,73 @@ mod tests {
         assert!(
             table.contains("Warning InvalidNetworkConfig on NetworkAttachmentDefinition default/broken: spec.config is not a CNI configuration"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn the_plan_warns_of_each_pod_naming_a_nad_that_does_not_exist() {
+        let mut snapshot = seed();
+        let pods = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: lost
+    namespace: default
+    annotations:
+      k8s.v1.cni.cncf.io/networks: '[{"name": "br0"}, {"name": "nowhere", "namespace": "team-a"}]'
+      v1.multus-cni.io/default-network: default/gone
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: leaving
+    namespace: default
+    deletionTimestamp: "2026-11-23T10:00:00Z"
+    annotations:
+      k8s.v1.cni.cncf.io/networks: gone
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: done
+    namespace: default
+    annotations:
+      k8s.v1.cni.cncf.io/networks: gone
+  status:
+    phase: Succeeded
+"#;
+        snapshot.add_yaml("pods.yaml", pods).unwrap();
+        let report = plan(&snapshot, "kube-system", 100);
+        let found: Vec<(&str, &str)> = report
+            .warnings
+            .iter()
+            .filter(|w| w.reason == reasons::NETWORK_ATTACHMENT_DEFINITION_NOT_FOUND)
+            .map(|w| (w.object.as_str(), w.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "Pod default/lost",
+                    "v1.multus-cni.io/default-network names NetworkAttachmentDefinition default/gone, which does not exist: Multus cannot attach it, so the pod's sandbox cannot start. Create it in namespace default, or remove it from the annotation"
+                ),
+                (
+                    "Pod default/lost",
+                    "k8s.v1.cni.cncf.io/networks names NetworkAttachmentDefinition team-a/nowhere, which does not exist: Multus cannot attach it, so the pod's sandbox cannot start. Create it in namespace team-a, or remove it from the annotation"
+                ),
+            ]
+        );
+        let table = render_table(&report, &snapshot);
+        assert!(
+            table.contains("Warning NetworkAttachmentDefinitionNotFound on Pod default/lost: k8s.v1.cni.cncf.io/networks names NetworkAttachmentDefinition team-a/nowhere"),
+            "{table}"
+        );
+        // the seed alone names none
+        assert!(
+            !plan(&seed(), "kube-system", 100)
+                .warnings
+                .iter()
+                .any(|w| w.reason == reasons::NETWORK_ATTACHMENT_DEFINITION_NOT_FOUND)
         );
     }
 

@@ -8,6 +8,7 @@ use super::decide::{self, Decision, NadState};
 use super::finalizer::{Removal, conflict_retries, remove_finalizer};
 use super::gauges::NadGauges;
 use super::live::{LiveResult, SharedList, live_users};
+use super::references::{NadChange, report_dangling};
 use super::tracker::NadWrites;
 use crate::model::{NadWatched, NetworkAttachmentDefinition, ObjectKey};
 use crate::relist::Departures;
@@ -590,6 +591,10 @@ pub async fn run(
     // state kept per NAD (see `forget_departed`).
     let (departed_tx, departed_rx) = futures::channel::mpsc::unbounded();
     let mut departures = Departures::default();
+    // What the NAD watch and the pod feed say, for the report of pods that
+    // name a NAD which does not exist (`references`).
+    let (nad_changes, nad_changes_rx) = futures::channel::mpsc::unbounded();
+    let (touched, touched_rx) = futures::channel::mpsc::unbounded();
     let held = reader.clone();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -612,11 +617,16 @@ pub async fn run(
                 let _ = departed_tx.unbounded_send(ObjectKey::of(nad.as_ref()));
             }
             match event {
+                watcher::Event::Apply(nad) => {
+                    let _ = nad_changes.unbounded_send(NadChange::Applied(ObjectKey::of(nad)));
+                }
                 watcher::Event::Delete(nad) => {
                     let _ = gone_tx.unbounded_send(Some(ObjectKey::of(nad)));
+                    let _ = nad_changes.unbounded_send(NadChange::Deleted(ObjectKey::of(nad)));
                 }
                 watcher::Event::InitDone => {
                     let _ = gone_tx.unbounded_send(None);
+                    let _ = nad_changes.unbounded_send(NadChange::Relisted);
                 }
                 _ => {}
             }
@@ -678,7 +688,16 @@ pub async fn run(
     let upkeep = keep_admission_state(ctx.clone(), gone_rx, policy_triggers);
     let forgetting = forget_departed(&ctx, departed_rx);
     let reconciled_ctx = ctx.clone();
-    let refs = triggers.map(|key| ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace));
+    let dangling = report_dangling(
+        ctx.shared.clone(),
+        reader.clone(),
+        nad_changes_rx,
+        touched_rx,
+    );
+    let refs = triggers.map(move |key| {
+        let _ = touched.unbounded_send(key.clone());
+        ObjectRef::<NadMeta>::new(&key.name).within(&key.namespace)
+    });
     let stopped_store = reader.clone();
     let controller = Controller::for_stream(stream, reader)
         // Unbounded here: `API_CONCURRENCY` bounds the reconciles that call
@@ -698,15 +717,16 @@ pub async fn run(
             }
             futures::future::ready(())
         });
-    // The namespace watch, the policy check, the upkeep and the forgetting
-    // end with the controller; a shutdown before the NAD cache is ready
-    // ends it at once.
+    // The namespace watch, the policy check, the upkeep, the forgetting and
+    // the report of dangling references end with the controller; a shutdown
+    // before the NAD cache is ready ends it at once.
     tokio::select! {
         _ = controller => {}
         _ = namespaces => {}
         _ = policy => {}
         _ = upkeep => {}
         _ = forgetting => {}
+        _ = dangling => {}
         _ = shutdown::before_ready(shutdown, stopped_store) => {}
     }
 }

@@ -10,8 +10,10 @@
 pub mod admission;
 pub mod configs;
 pub mod controller;
+pub mod dangling;
 pub mod decide;
 pub mod finalizer;
 pub mod gauges;
 pub mod live;
+pub mod references;
 pub mod tracker;

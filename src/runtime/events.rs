@@ -424,13 +424,27 @@ pub fn truncate_note(note: &mut String) {
 
 /// What an object's Events say, or will once the queue is through, for one
 /// kind of note that is published only when it changes. Pure state: the
-/// outbox reports each Event's outcome through a `Receipt`.
-#[derive(Debug, Default)]
-pub struct NoteLedger {
-    notes: HashMap<ObjectKey, NoteState>,
+/// outbox reports each Event's outcome through a `Receipt`. Notes are filed
+/// by `K`: an object, or (for a note per pod and NAD) a pair of them.
+#[derive(Debug)]
+pub struct NoteLedger<K = ObjectKey> {
+    notes: HashMap<K, NoteState>,
     /// The number of the next ticket.
     next: u64,
 }
+
+impl<K> Default for NoteLedger<K> {
+    fn default() -> Self {
+        NoteLedger {
+            notes: HashMap::new(),
+            next: 0,
+        }
+    }
+}
+
+/// What a `NoteLedger` may file notes by.
+pub trait NoteKey: Clone + Eq + Hash + Send + Sync + 'static {}
+impl<K: Clone + Eq + Hash + Send + Sync + 'static> NoteKey for K {}
 
 #[derive(Debug)]
 struct NoteState {
@@ -445,18 +459,18 @@ struct NoteState {
 
 /// One queued note of a `NoteLedger`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ticket {
-    key: ObjectKey,
+pub struct Ticket<K = ObjectKey> {
+    key: K,
     number: u64,
     note: String,
 }
 
-impl NoteLedger {
+impl<K: NoteKey> NoteLedger<K> {
     /// A ticket for an Event carrying `note`, when that Event would change
     /// what `key`'s Events say: `note` differs from the last one queued, or,
     /// with none queued, from the last one accepted. None when it would
     /// repeat it.
-    pub fn claim(&mut self, key: &ObjectKey, note: &str) -> Option<Ticket> {
+    pub fn claim(&mut self, key: &K, note: &str) -> Option<Ticket<K>> {
         let number = self.next;
         let state = self.notes.entry(key.clone()).or_insert(NoteState {
             sent: None,
@@ -477,7 +491,7 @@ impl NoteLedger {
     }
 
     /// The API server accepted the ticket's Event.
-    pub fn accepted(&mut self, ticket: &Ticket) {
+    pub fn accepted(&mut self, ticket: &Ticket<K>) {
         let Some(state) = self.current(ticket) else {
             return;
         };
@@ -496,7 +510,7 @@ impl NoteLedger {
     /// The ticket's Event did not go out: unless a later note is queued,
     /// the next `claim` compares with the last accepted note again, so the
     /// same state is published anew.
-    pub fn dropped(&mut self, ticket: &Ticket) {
+    pub fn dropped(&mut self, ticket: &Ticket<K>) {
         let Some(state) = self.current(ticket) else {
             return;
         };
@@ -514,17 +528,17 @@ impl NoteLedger {
 
     /// Forgets `key` (the object is gone, or its note no longer applies):
     /// its next note is published whatever it says.
-    pub fn forget(&mut self, key: &ObjectKey) {
+    pub fn forget(&mut self, key: &K) {
         self.notes.remove(key);
     }
 
     /// The last note of `key` the API server accepted.
-    pub fn sent(&self, key: &ObjectKey) -> Option<&str> {
+    pub fn sent(&self, key: &K) -> Option<&str> {
         let state = self.notes.get(key)?;
         state.sent.as_ref().map(|(_, note)| note.as_str())
     }
 
-    fn current(&mut self, ticket: &Ticket) -> Option<&mut NoteState> {
+    fn current(&mut self, ticket: &Ticket<K>) -> Option<&mut NoteState> {
         self.notes
             .get_mut(&ticket.key)
             .filter(|state| ticket.number >= state.since)
@@ -532,28 +546,39 @@ impl NoteLedger {
 }
 
 /// A `NoteLedger` shared with the outbox, which reports to it.
-#[derive(Clone, Default)]
-pub struct LastNotes(Arc<Mutex<NoteLedger>>);
+pub struct LastNotes<K = ObjectKey>(Arc<Mutex<NoteLedger<K>>>);
 
-impl LastNotes {
+impl<K> Clone for LastNotes<K> {
+    fn clone(&self) -> Self {
+        LastNotes(self.0.clone())
+    }
+}
+
+impl<K> Default for LastNotes<K> {
+    fn default() -> Self {
+        LastNotes(Arc::new(Mutex::new(NoteLedger::default())))
+    }
+}
+
+impl<K: NoteKey> LastNotes<K> {
     /// A receipt for an Event carrying `note`, to hand to the outbox with
     /// it, when that Event would change what `key`'s Events say (see
     /// `NoteLedger::claim`); None when it would repeat it.
-    pub fn claim(&self, key: &ObjectKey, note: &str) -> Option<Receipt> {
+    pub fn claim(&self, key: &K, note: &str) -> Option<Receipt> {
         let ticket = self.0.lock().unwrap().claim(key, note)?;
-        Some(Receipt {
+        Some(Receipt(Some(Box::new(Claim {
             notes: self.clone(),
-            ticket: Some(ticket),
-        })
+            ticket,
+        }))))
     }
 
     /// See `NoteLedger::forget`.
-    pub fn forget(&self, key: &ObjectKey) {
+    pub fn forget(&self, key: &K) {
         self.0.lock().unwrap().forget(key);
     }
 
     /// The last note of `key` the API server accepted.
-    pub fn sent(&self, key: &ObjectKey) -> Option<String> {
+    pub fn sent(&self, key: &K) -> Option<String> {
         self.0.lock().unwrap().sent(key).map(str::to_owned)
     }
 }
@@ -561,25 +586,45 @@ impl LastNotes {
 /// Goes with a claimed note's Event through the outbox. Accepted by the
 /// API server, it records the note as sent; dropped anywhere else (a full
 /// queue, a failed write, a drain, a lane that ends), it releases the claim.
-pub struct Receipt {
-    notes: LastNotes,
-    ticket: Option<Ticket>,
+/// It hides the ledger's key type, so the outbox carries receipts of every
+/// ledger alike.
+pub struct Receipt(Option<Box<dyn Settle>>);
+
+/// How a claim learns its Event's outcome.
+trait Settle: Send + Sync {
+    fn accepted(&self);
+    fn dropped(&self);
+}
+
+struct Claim<K> {
+    notes: LastNotes<K>,
+    ticket: Ticket<K>,
+}
+
+impl<K: NoteKey> Settle for Claim<K> {
+    fn accepted(&self) {
+        self.notes.0.lock().unwrap().accepted(&self.ticket);
+    }
+
+    fn dropped(&self) {
+        if let Ok(mut ledger) = self.notes.0.lock() {
+            ledger.dropped(&self.ticket);
+        }
+    }
 }
 
 impl Receipt {
     fn accepted(mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.notes.0.lock().unwrap().accepted(&ticket);
+        if let Some(claim) = self.0.take() {
+            claim.accepted();
         }
     }
 }
 
 impl Drop for Receipt {
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take()
-            && let Ok(mut ledger) = self.notes.0.lock()
-        {
-            ledger.dropped(&ticket);
+        if let Some(claim) = self.0.take() {
+            claim.dropped();
         }
     }
 }

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub pod_admission_policy_active: Gauge,
     pub tracked_objects: Family<TrackedLabels, Gauge>,
     pub invalid_network_configs: Gauge,
+    pub dangling_network_references: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,6 +100,12 @@ impl Default for Metrics {
         let pod_admission_policy_active = Gauge::default();
         let tracked_objects = Family::<TrackedLabels, Gauge>::default();
         let invalid_network_configs = Gauge::default();
+        let dangling_network_references = Gauge::default();
+        registry.register(
+            "dangling_network_references",
+            "References from pods (networks and default-network annotations) to NetworkAttachmentDefinitions that do not exist, one per pod and NAD",
+            dangling_network_references.clone(),
+        );
         registry.register(
             "invalid_network_configs",
             "NetworkAttachmentDefinitions whose spec.config Multus cannot use (each has an InvalidNetworkConfig Warning)",
@@ -197,6 +204,7 @@ impl Default for Metrics {
             pod_admission_policy_active,
             tracked_objects,
             invalid_network_configs,
+            dangling_network_references,
         }
     }
 }
@@ -310,6 +318,7 @@ mod tests {
             "nadc_events_dropped_total{reason=\"shutdown\"} 0",
             "nadc_tracked_objects{controller=\"nad-protection\",map=\"retries\"} 2",
             "nadc_invalid_network_configs 0",
+            "nadc_dangling_network_references 0",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }
