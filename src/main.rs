@@ -138,7 +138,7 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
     if args.leader_election_enabled() {
         info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting for leadership");
         let mut l = tokio::select! {
-            l = Leadership::start(client.clone(), &args.lease_name, &args.lease_namespace, &identity, args.lease_duration_seconds) => l,
+            l = Leadership::start(client.clone(), &args.lease_name, &args.lease_namespace, &identity, args.lease_duration_seconds, metrics.leader.clone()) => l,
             _ = termination() => return ExitCode::SUCCESS,
         };
         // A standby that reaches the Lease API is ready: it can take over.
@@ -152,6 +152,9 @@ async fn run(client: kube::Client, args: &RunArgs) -> ExitCode {
         }
         let _ = ready_tx.send(false);
         leadership = Some(l);
+    } else {
+        // Without leader election this replica is the one that reconciles.
+        metrics.leader.set(1);
     }
 
     // The leader is ready once the pod index is synced.

@@ -137,6 +137,30 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// What a replica's /metrics says of itself in `nadc_leader`.
+async fn leader_gauge(replica: &Replica) -> Option<f64> {
+    let (_, body) = http_get(&replica.http_addr, "/metrics").await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("nadc_leader "))?
+        .parse()
+        .ok()
+}
+
+/// Polls `replica`'s /metrics until `nadc_leader` is `want`, for at most
+/// two scrapes' worth of a Prometheus at 1 s.
+async fn wait_leader_gauge(replica: &Replica, want: f64) {
+    let start = Instant::now();
+    while leader_gauge(replica).await != Some(want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "nadc_leader of {} is {:?}, {want} expected",
+            replica.http_addr,
+            leader_gauge(replica).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls the Lease until `identity` holds it; the time that took, or None
 /// after `give_up`.
 async fn time_until_held(
@@ -171,6 +195,8 @@ async fn a_standby_takes_over_within_2s_of_a_sigterm_and_within_the_lease_durati
     // Let b settle into waiting on a's term, where the slow handover happened.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(holder(&leases).await.as_deref(), Some("a"));
+    assert_eq!(leader_gauge(&a).await, Some(1.0), "a leads");
+    assert_eq!(leader_gauge(&b).await, Some(0.0), "b stands by");
 
     // 1. SIGTERM: a releases the Lease, b takes it at once.
     a.signal(libc::SIGTERM);
@@ -184,6 +210,7 @@ async fn a_standby_takes_over_within_2s_of_a_sigterm_and_within_the_lease_durati
     let on_sigterm = on_sigterm
         .unwrap_or_else(|| panic!("b never took the Lease after a's SIGTERM; {}", b.log_text()));
     println!("handover after the leader's SIGTERM: {on_sigterm:?}");
+    wait_leader_gauge(&b, 1.0).await;
     assert!(
         on_sigterm <= SIGTERM_BOUND,
         "b took the Lease {on_sigterm:?} after a's SIGTERM; at most {SIGTERM_BOUND:?} expected"
@@ -194,11 +221,17 @@ async fn a_standby_takes_over_within_2s_of_a_sigterm_and_within_the_lease_durati
     a.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(holder(&leases).await.as_deref(), Some("b"));
+    assert_eq!(
+        leader_gauge(&a).await,
+        Some(0.0),
+        "the restarted a stands by"
+    );
     b.signal(libc::SIGKILL);
     let on_sigkill = time_until_held(&leases, "a", LEASE_DURATION * 3)
         .await
         .unwrap_or_else(|| panic!("a never took the Lease after b's SIGKILL; {}", a.log_text()));
     println!("handover after the leader's SIGKILL: {on_sigkill:?}");
+    wait_leader_gauge(&a, 1.0).await;
     assert!(
         on_sigkill <= LEASE_DURATION + SIGKILL_MARGIN,
         "a took the Lease {on_sigkill:?} after b's SIGKILL; at most {:?} expected",

@@ -609,9 +609,12 @@ pub async fn run(
         .map_ok(|event| crate::relist::map_event(event, NadWatched::into_meta))
         .reflect(writer)
         .inspect_ok(move |event| {
-            if let Some((protected, blocked)) = gauges.apply(event) {
-                metrics.nads_protected.set(protected);
-                metrics.deletions_blocked.set(blocked);
+            if let Some(counts) = gauges.apply(event) {
+                metrics.nads_protected.set(counts.protected);
+                metrics.deletions_blocked.set(counts.blocked);
+                metrics
+                    .oldest_blocked_deletion
+                    .set(counts.oldest_blocked_since.unwrap_or(0));
             }
             for nad in departures.feed(event, || held.state()) {
                 let _ = departed_tx.unbounded_send(ObjectKey::of(nad.as_ref()));

@@ -34,6 +34,8 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    // nadc_ready says what /readyz would answer now.
+    s.metrics.ready.set(i64::from(*s.ready.borrow()));
     (
         [(
             header::CONTENT_TYPE,
@@ -108,11 +110,15 @@ mod tests {
         );
         tx.send(true).unwrap();
         assert_eq!(get(r.clone(), "/readyz").await.0, StatusCode::OK);
-        let (status, body) = get(r, "/metrics").await;
+        let (status, body) = get(r.clone(), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             body.contains("nadc_endpointslice_writes_total{verb=\"update\"} 1"),
             "{body}"
         );
+        assert!(body.contains("\nnadc_ready 1\n"), "{body}");
+        tx.send(false).unwrap();
+        let (_, body) = get(r, "/metrics").await;
+        assert!(body.contains("\nnadc_ready 0\n"), "{body}");
     }
 }

@@ -15,6 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
+use prometheus_client::metrics::gauge::Gauge;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -165,12 +166,14 @@ fn field_manager(identity: &str) -> String {
 
 impl Leadership {
     /// Starts competing for the lease; retries until the API server answers.
+    /// `leader` (`nadc_leader`) shows whether we hold it.
     pub async fn start(
         client: kube::Client,
         name: &str,
         namespace: &str,
         identity: &str,
         duration_secs: u64,
+        leader: Gauge,
     ) -> Self {
         let timing = Timing::of(duration_secs);
         let target = LeaseTarget {
@@ -184,7 +187,7 @@ impl Leadership {
         };
         let manager = target.build_retrying().await;
         let (tx, state) = watch::channel(false);
-        let task = tokio::spawn(compete(target, manager, tx));
+        let task = tokio::spawn(compete(target, manager, Holding { tx, gauge: leader }));
         Leadership { state, task }
     }
 
@@ -207,9 +210,30 @@ impl Leadership {
     }
 }
 
+/// Whether we hold the Lease: to the process (a watch, whose receivers
+/// going also tells `compete` to release it) and to Prometheus.
+struct Holding {
+    tx: watch::Sender<bool>,
+    gauge: Gauge,
+}
+
+impl Holding {
+    fn send_replace(&self, leader: bool) {
+        self.gauge.set(i64::from(leader));
+        self.tx.send_replace(leader);
+    }
+}
+
+impl std::ops::Deref for Holding {
+    type Target = watch::Sender<bool>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
 /// Competes for the Lease and publishes whether we hold it, until every
 /// receiver is gone; then releases it.
-async fn compete(target: LeaseTarget, mut manager: LeaseManager, state: watch::Sender<bool>) {
+async fn compete(target: LeaseTarget, mut manager: LeaseManager, state: Holding) {
     let mut sightings = target.sightings(target.identity.clone());
     let mut delay = Duration::from_millis(500);
     // The last renewal of ours the API server showed us, while leader.
@@ -222,6 +246,7 @@ async fn compete(target: LeaseTarget, mut manager: LeaseManager, state: watch::S
                 if let Err(e) = manager.release().await {
                     tracing::warn!(error = %e, "could not release the lease");
                 }
+                state.gauge.set(0);
                 return;
             }
             _ = tokio::time::sleep_until(target.timing.step_down_at(renewed)), if leader => {

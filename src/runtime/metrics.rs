@@ -1,8 +1,12 @@
 //! Prometheus metrics, served at `/metrics`. Names are listed in the README.
+//! Ours carry the prefix `nadc_`; the process's resident memory is
+//! `process_resident_memory_bytes`, as every Prometheus client library names it.
 
-use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode};
 use prometheus_client::metrics::{
-    counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
+    counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::ConstGauge,
+    gauge::Gauge,
 };
 use prometheus_client::registry::Registry;
 use std::time::Instant;
@@ -53,6 +57,13 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, HistogramWithExemplars<TraceLabel>>,
     pub nads_protected: Gauge,
     pub deletions_blocked: Gauge,
+    /// deletionTimestamp of the NAD blocked longest, Unix seconds; 0: none.
+    pub oldest_blocked_deletion: Gauge,
+    /// 1 while this replica reconciles: it holds the Lease, or runs without
+    /// leader election.
+    pub leader: Gauge,
+    /// What `/readyz` answers, set at each scrape (`http::metrics`).
+    pub ready: Gauge,
     pub slice_writes: Family<VerbLabels, Counter>,
     pub finalizer_writes: Family<VerbLabels, Counter>,
     pub marker_writes: Family<VerbLabels, Counter>,
@@ -69,7 +80,9 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("nadc");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessMemory));
+        let registry = root.sub_registry_with_prefix("nadc");
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let duration =
@@ -82,6 +95,9 @@ impl Default for Metrics {
             );
         let nads_protected = Gauge::default();
         let deletions_blocked = Gauge::default();
+        let oldest_blocked_deletion = Gauge::default();
+        let leader = Gauge::default();
+        let ready = Gauge::default();
         let slice_writes = Family::<VerbLabels, Counter>::default();
         let finalizer_writes = Family::<VerbLabels, Counter>::default();
         let marker_writes = Family::<VerbLabels, Counter>::default();
@@ -147,6 +163,21 @@ impl Default for Metrics {
             deletions_blocked.clone(),
         );
         registry.register(
+            "oldest_blocked_deletion_timestamp_seconds",
+            "deletionTimestamp, in Unix seconds, of the NetworkAttachmentDefinition whose deletion we have blocked longest; 0 when none is blocked",
+            oldest_blocked_deletion.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica reconciles: it holds the leader-election Lease, or runs without leader election; 0 on a standby",
+            leader.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while /readyz answers ready (the leader's caches are synced, or a standby reaches the Lease API), 0 otherwise",
+            ready.clone(),
+        );
+        registry.register(
             "endpointslice_writes",
             "EndpointSlice writes sent, by verb",
             slice_writes.clone(),
@@ -187,12 +218,15 @@ impl Default for Metrics {
             events_dropped.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             reconciles,
             failures,
             duration,
             nads_protected,
             deletions_blocked,
+            oldest_blocked_deletion,
+            leader,
+            ready,
             slice_writes,
             finalizer_writes,
             marker_writes,
@@ -273,6 +307,38 @@ impl Metrics {
     }
 }
 
+/// `process_resident_memory_bytes`, read from `/proc/self/status` at each
+/// scrape; nothing where there is no such file (not Linux).
+#[derive(Debug)]
+struct ProcessMemory;
+
+impl Collector for ProcessMemory {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| resident_bytes(&s))
+        else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(bytes as i64);
+        let metric = encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// The resident set size in a `/proc/<pid>/status` text (`VmRSS:`, in kB).
+fn resident_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let mut words = line.split_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
+}
+
 pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
     labels: ControllerLabels,
@@ -319,8 +385,66 @@ mod tests {
             "nadc_tracked_objects{controller=\"nad-protection\",map=\"retries\"} 2",
             "nadc_invalid_network_configs 0",
             "nadc_dangling_network_references 0",
+            "nadc_oldest_blocked_deletion_timestamp_seconds 0",
+            "nadc_leader 0",
+            "nadc_ready 0",
+            "\nprocess_resident_memory_bytes ",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }
+    }
+
+    #[test]
+    fn resident_memory_is_vm_rss_in_bytes() {
+        // As Linux 6.1 prints it: VmHWM (the peak) comes first and must
+        // not be taken; RssAnon and RssFile add up to VmRSS.
+        let status = "Name:\tk8s-net-attach\nVmPeak:\t  120000 kB\nVmHWM:\t   40000 kB\nVmRSS:\t   31337 kB\nRssAnon:\t   20000 kB\nRssFile:\t   11337 kB\n";
+        assert_eq!(resident_bytes(status), Some(31337 * 1024));
+        assert_eq!(resident_bytes("Name:\tx\n"), None);
+        assert_eq!(
+            resident_bytes("VmRSS:\t12 MB\n"),
+            None,
+            "a unit we do not know"
+        );
+    }
+
+    #[test]
+    fn the_process_memory_scraped_is_this_process_own() {
+        // statm's second field: resident pages, read apart from /status,
+        // before and after the scrape (other tests allocate meanwhile).
+        let page: f64 = String::from_utf8(
+            std::process::Command::new("getconf")
+                .arg("PAGESIZE")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        let statm = || {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+            statm
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+                * page
+        };
+        let before = statm();
+        let text = Metrics::default().render();
+        let after = statm();
+        let scraped: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .expect("a resident memory sample")
+            .parse()
+            .unwrap();
+        assert!(
+            before.min(after) * 0.9 <= scraped && scraped <= before.max(after) * 1.1,
+            "scraped {scraped} B, statm {before} B then {after} B"
+        );
     }
 }
