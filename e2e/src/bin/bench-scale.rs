@@ -50,6 +50,13 @@ struct Args {
     /// Write the results as JSON here too.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Scrape the operator's /metrics every --metrics-interval-ms into this
+    /// file, one JSON line per scrape and per phase, for `dashboard-png`.
+    #[arg(long)]
+    metrics_log: Option<std::path::PathBuf>,
+    /// Milliseconds between two scrapes of --metrics-log.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    metrics_interval_ms: u64,
 }
 
 /// Requests in flight while the benchmark creates its pods.
@@ -561,6 +568,23 @@ async fn main() -> anyhow::Result<()> {
         .context("start the operator (cargo build --release first; E2E_BINARY picks the binary)")?;
     let pid = operator.id();
     let machine_cpu_at_start = machine_busy_cpu_seconds();
+    let metrics_log = args
+        .metrics_log
+        .as_deref()
+        .map(nadc_e2e::dashboard::MetricsLog::create)
+        .transpose()?;
+    let phase = |name: &str| {
+        if let Some(log) = &metrics_log {
+            log.phase(name);
+        }
+    };
+    phase("1 cold start");
+    let scraper = metrics_log.as_ref().map(|log| {
+        log.scrape_every(
+            args.http_addr.clone(),
+            Duration::from_millis(args.metrics_interval_ms),
+        )
+    });
 
     let result = async {
         // 1. convergence: every Service's slices hold all its pods, every NAD is finalized
@@ -635,6 +659,7 @@ async fn main() -> anyhow::Result<()> {
         let cold_start_nad_patches = metric(&args.http_addr, "nadc_nad_patches_total").await?;
 
         // 2. steady state
+        phase("2 steady state");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = writes(&args.http_addr).await?;
         tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
@@ -642,6 +667,7 @@ async fn main() -> anyhow::Result<()> {
         memory_by_phase.insert("2_steady_state".into(), memory(pid));
 
         // 3. single-pod changes: latency to the slice, and writes per change
+        phase("3 single-pod changes");
         let mut latencies = Vec::new();
         let mut hops = Vec::new();
         let mut max_writes_per_change = 0.0f64;
@@ -693,6 +719,7 @@ async fn main() -> anyhow::Result<()> {
         memory_by_phase.insert("3_single_pod_changes".into(), memory(pid));
 
         // 4. mass deletion: a namespace whose NADs are all in use is deleted
+        phase("4 mass deletion");
         let doomed = TestNs::new(&client, "bench-del").await;
         futures::stream::iter(0..args.nads)
             .map(|j| {
@@ -752,10 +779,12 @@ async fn main() -> anyhow::Result<()> {
         memory_by_phase.insert("4_mass_deletion".into(), memory(pid));
         // 4b. the same with pods that terminate as a kubelet's do, against
         // the same namespace with no NAD for the operator to protect
+        phase("4b graceful deletions");
         let graceful_gone = graceful_namespace_deletion(&client, args.nads, true).await?;
         let graceful_baseline = graceful_namespace_deletion(&client, args.nads, false).await?;
 
         // 5. the in-use label's cost: 1,000 pods sharing 10 NADs come and go
+        phase("5 label churn");
         const CHURN_PODS: usize = 1000;
         const CHURN_NADS: usize = 10;
         let churn = TestNs::new(&client, "bench-churn").await;
@@ -847,6 +876,10 @@ async fn main() -> anyhow::Result<()> {
     }
     .await;
 
+    phase("end");
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     let _ = operator.kill();
     let _ = operator.wait();
     slice_watch.abort();
