@@ -17,6 +17,7 @@ const OVERLAYS: &[&str] = &[
     "kustomize/overlays/jaeger",
     "kustomize/overlays/kind",
     "kustomize/overlays/pre-1.30",
+    "kustomize/overlays/prometheus",
     "kustomize/overlays/v1beta1-admission",
 ];
 
