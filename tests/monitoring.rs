@@ -411,7 +411,7 @@ fn the_dashboard_configmap_carries_dashboard_json_as_it_is() {
     );
 }
 
-/// The ServiceMonitor selects the metrics Service in its namespace, and
+/// The ServiceMonitor selects the metrics Service in its own namespace, and
 /// scrapes a port that Service has, at the path the operator serves.
 #[test]
 fn the_service_monitor_scrapes_the_metrics_service() {
@@ -425,13 +425,13 @@ fn the_service_monitor_scrapes_the_metrics_service() {
     let selector = spec["selector"]["matchLabels"]
         .as_object()
         .expect("matchLabels");
-    let namespaces = spec["namespaceSelector"]["matchNames"]
-        .as_array()
-        .expect("matchNames");
+    // Without a namespaceSelector, its own namespace.
+    assert!(spec["namespaceSelector"].is_null());
+    let namespace = &monitors[0]["metadata"]["namespace"];
     let selected: Vec<&Value> = docs
         .iter()
         .filter(|d| d["kind"] == "Service")
-        .filter(|d| namespaces.contains(&d["metadata"]["namespace"]))
+        .filter(|d| &d["metadata"]["namespace"] == namespace)
         .filter(|d| {
             selector
                 .iter()

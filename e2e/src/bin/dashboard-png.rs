@@ -64,6 +64,7 @@ fn draw_panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     panel: &PanelSeries,
     x_max: f64,
+    step: f64,
     phases: &[(f64, String)],
 ) -> anyhow::Result<()> {
     let y_max = panel
@@ -114,13 +115,23 @@ fn draw_panel(
     }
     for (i, (legend, points)) in panel.lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        // Where a query had no value (no reconcile in the window), a gap,
+        // as Grafana draws it, not a line across.
+        let mut segments = points.chunk_by(|a, b| b.0 - a.0 <= step * 1.5);
+        let first = segments.next().unwrap_or_default();
         chart
             .draw_series(LineSeries::new(
-                points.iter().copied(),
+                first.iter().copied(),
                 color.stroke_width(2),
             ))?
             .label(legend.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+        for segment in segments {
+            chart.draw_series(LineSeries::new(
+                segment.iter().copied(),
+                color.stroke_width(2),
+            ))?;
+        }
     }
     chart
         .configure_series_labels()
@@ -194,7 +205,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let areas = body.split_evenly((rows as usize, 2));
     for (area, panel) in areas.iter().zip(&panels) {
-        draw_panel(area, panel, x_max, &phases)?;
+        draw_panel(area, panel, x_max, args.step, &phases)?;
     }
     root.present()?;
     println!(
