@@ -112,11 +112,14 @@ fn parse_sample(line: &str) -> anyhow::Result<Sample> {
     })
 }
 
-/// Scraped series, as a Prometheus stores them: per name and labels, the
-/// (time, value) points in time order.
+/// One series' (Unix time, value) points, in time order.
+type Points = Vec<(f64, f64)>;
+
+/// Scraped series, as a Prometheus stores them: per name, each label set
+/// with its points.
 #[derive(Debug, Default)]
 pub struct Store {
-    series: HashMap<String, Vec<(Labels, Vec<(f64, f64)>)>>,
+    series: HashMap<String, Vec<(Labels, Points)>>,
     pub phases: Vec<(f64, String)>,
     pub start: f64,
     pub end: f64,
@@ -168,7 +171,7 @@ impl Store {
     }
 
     /// Points of `name`'s series, each with its labels.
-    fn series(&self, name: &str) -> impl Iterator<Item = &(Labels, Vec<(f64, f64)>)> {
+    fn series(&self, name: &str) -> impl Iterator<Item = &(Labels, Points)> {
         self.series.get(name).into_iter().flatten()
     }
 }

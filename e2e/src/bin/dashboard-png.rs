@@ -51,9 +51,7 @@ fn format_value(unit: &str, v: f64) -> String {
 }
 
 fn short(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e6 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
+    if v == v.trunc() || v.abs() >= 10.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
