@@ -444,7 +444,8 @@ mod tests {
 
     /// The first replica creates the Lease, takes it by writing its
     /// identity (as its own field manager), and on release clears the
-    /// holder so that a standby may take it at once.
+    /// holder so that a standby may take it at once; `nadc_leader` says 1
+    /// while it holds the Lease, 0 before and after.
     #[tokio::test]
     async fn a_replica_takes_a_free_lease_and_frees_it_on_release() {
         let (client, api) = crate::fixtures::mock_client();
@@ -456,11 +457,14 @@ mod tests {
             stored.lock().unwrap().as_ref().expect("the Lease")["spec"]["holderIdentity"].clone()
         };
 
-        let mut leadership = Leadership::start(client, "nadc", namespace, "me", 15).await;
+        let leader = Gauge::default();
+        let mut leadership =
+            Leadership::start(client, "nadc", namespace, "me", 15, leader.clone()).await;
         tokio::time::timeout(Duration::from_secs(10), leadership.acquired())
             .await
             .expect("the free Lease is taken");
         assert_eq!(holder(&stored), json!("me"));
+        assert_eq!(leader.get(), 1, "nadc_leader while holding the Lease");
         assert!(
             patched_by
                 .lock()
@@ -472,6 +476,7 @@ mod tests {
 
         leadership.release(Duration::from_secs(10)).await;
         assert_eq!(holder(&stored), serde_json::Value::Null, "released");
+        assert_eq!(leader.get(), 0, "nadc_leader after the release");
         server.abort();
     }
 
