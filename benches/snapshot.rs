@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let mut s = Snapshot::default();
                 s.add_yaml("snapshot", black_box(text)).unwrap();
-                black_box(plan(&s, "kube-system", 100))
+                black_box(plan(s.into_input("kube-system"), 100))
             })
         });
     }

@@ -1,6 +1,7 @@
 //! Command-line wiring only: parse flags, build the client, hand over to the
-//! library. `run` starts the controllers, `plan` works offline, and
-//! `release-finalizers` prepares an uninstall.
+//! library. `run` starts the controllers, `plan` shows what they would do
+//! (for a live cluster, read-only, or for files), and `release-finalizers`
+//! prepares an uninstall.
 
 use clap::Parser;
 use futures::FutureExt;
@@ -17,8 +18,27 @@ use tracing::{error, info};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Argument errors exit 1, as every other error does: `plan`'s exit code
+    // 2 means "actions pending", which a usage error must never pass for.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
+        Command::Plan(ref args) if args.reads_cluster() => {
+            let (client, server) = match client_and_server(&cli).await {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            plan::live::main(client, &server, args).await
+        }
         Command::Plan(ref args) => plan::main(args),
         Command::ReleaseFinalizers => {
             let client = match client(&cli).await {
@@ -58,6 +78,11 @@ fn fail(e: anyhow::Error) -> ExitCode {
 }
 
 async fn client(cli: &Cli) -> anyhow::Result<kube::Client> {
+    Ok(client_and_server(cli).await?.0)
+}
+
+/// The client, and the URL of the API server it talks to.
+async fn client_and_server(cli: &Cli) -> anyhow::Result<(kube::Client, String)> {
     let options = kube::config::KubeConfigOptions {
         context: cli.context.clone(),
         ..Default::default()
@@ -70,7 +95,12 @@ async fn client(cli: &Cli) -> anyhow::Result<kube::Client> {
         None if cli.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await?,
     };
-    Ok(kube::Client::try_from(config)?)
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    Ok((kube::Client::try_from(config)?, server))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,6 +1,7 @@
 //! The binary as a user meets it: the README's first command prints what the
-//! README shows, the configuration table matches `--help`, and bad input
-//! gets a clear error and exit code 2.
+//! README shows, the configuration table matches `--help`, and `plan`'s exit
+//! code says what scripts gate on: 0 nothing to do, 2 actions or warnings
+//! pending, 1 on any error (bad input, bad arguments, no cluster).
 
 use clap::CommandFactory;
 use nadc::runtime::config::Cli;
@@ -13,15 +14,16 @@ fn readme() -> String {
     std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap()
 }
 
-/// `plan -f FILE`'s table, which must have succeeded.
+/// `plan -f FILE`'s table, for a snapshot with actions pending (exit 2).
 fn plan_of(file: &str) -> String {
     let out = Command::new(BIN)
         .current_dir(ROOT)
         .args(["plan", "-f", file])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -75,7 +77,7 @@ fn the_configuration_table_matches_help() {
 }
 
 #[test]
-fn bad_plan_input_is_a_clear_error_with_exit_code_2() {
+fn bad_plan_input_is_a_clear_error_with_exit_code_1() {
     let dir = std::env::temp_dir().join(format!("nadc-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
@@ -101,7 +103,7 @@ fn bad_plan_input_is_a_clear_error_with_exit_code_2() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
@@ -109,23 +111,125 @@ fn bad_plan_input_is_a_clear_error_with_exit_code_2() {
         .args(["plan", "-f", "/nonexistent/x.yaml"])
         .output()
         .unwrap();
-    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(missing.status.code(), Some(1));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn plan_reads_stdin() {
+/// A cluster where the operator has nothing left to do: every NAD in use
+/// protected and labelled, an unused one protected and unlabelled, no
+/// Service opting in.
+const SETTLED: &str = "\
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: used, namespace: default, finalizers: [k8s.cni.cncf.io/net-attach-def-protection], labels: {k8s.cni.cncf.io/in-use: 'true'}}
+---
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: unused, namespace: default, finalizers: [k8s.cni.cncf.io/net-attach-def-protection]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: default, annotations: {k8s.v1.cni.cncf.io/networks: used}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+";
+
+fn plan_stdin(input: &str) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(BIN)
         .args(["plan", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let seed = std::fs::read(format!("{ROOT}/manifests/examples/seed-cluster.yaml")).unwrap();
-    child.stdin.take().unwrap().write_all(&seed).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn plan_exits_0_when_nothing_is_pending_and_2_when_one_change_is() {
+    let settled = plan_stdin(SETTLED);
+    let table = String::from_utf8_lossy(&settled.stdout);
+    assert_eq!(settled.status.code(), Some(0), "{table}");
+    assert!(table.contains("default/used "), "{table}");
+    // The in-use label missing: one patch pending.
+    let unlabelled = SETTLED.replacen(", labels: {k8s.cni.cncf.io/in-use: 'true'}", "", 1);
+    let out = plan_stdin(&unlabelled);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{table}");
+    assert!(
+        table.contains("label k8s.cni.cncf.io/in-use=true"),
+        "{table}"
+    );
+    // A Service whose opt-in is refused: a Warning pending, no write.
+    let conflicting = format!(
+        "{SETTLED}---\napiVersion: v1\nkind: Service\nmetadata: {{name: mixed, namespace: default, annotations: {{k8s.v1.cni.cncf.io/networks: used, k8s.v1.cni.cncf.io/selector: app=web}}}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}\n"
+    );
+    let out = plan_stdin(&conflicting);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{table}");
+    assert!(table.contains("Warning SelectorConflict"), "{table}");
+}
+
+#[test]
+fn argument_errors_exit_1_never_2_and_help_exits_0() {
+    for args in [
+        &["plan", "--live", "-f", "x.yaml"][..],
+        &["plan", "--no-such-flag"],
+        &["plan", "-o", "json"],
+        &["run", "--max-endpoints-per-slice", "0"],
+        &["no-such-command"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+    }
+    for args in [&["--help"][..], &["plan", "--help"], &["--version"]] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn plan_live_without_a_reachable_cluster_exits_1_saying_what_failed() {
+    let dir = std::env::temp_dir().join(format!("nadc-cli-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = unreachable_kubeconfig(&dir);
+    for args in [&["plan", "--live"][..], &["plan"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: discovering admissionregistration.k8s.io/v1: "),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn plan_reads_stdin() {
+    let seed =
+        std::fs::read_to_string(format!("{ROOT}/manifests/examples/seed-cluster.yaml")).unwrap();
+    let out = plan_stdin(&seed);
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("default/foo-network"));
 }
 

@@ -366,3 +366,27 @@ fn the_shutdown_fits_in_the_termination_grace_period() {
         "shutdown takes up to {budget:?}, the grace period is {grace:?}"
     );
 }
+
+/// `plan --live` is read-only: the ClusterRole shipped for it grants get and
+/// list only (tests/rbac.rs checks that it grants exactly what the live
+/// reader sends), and the operator's install does not include it.
+#[test]
+fn the_plan_reader_role_grants_get_and_list_only_and_is_not_installed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/manifests/plan-reader-rbac.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    assert_eq!(docs.len(), 1, "one ClusterRole, nothing else");
+    let roles: Vec<ClusterRole> = of_kind(&docs, "ClusterRole");
+    let rules = roles[0].rules.clone().unwrap_or_default();
+    assert!(!rules.is_empty());
+    for rule in &rules {
+        for verb in &rule.verbs {
+            assert!(
+                verb == "get" || verb == "list",
+                "the plan reader may only read, not {verb}: {rule:?}"
+            );
+        }
+    }
+    let kustomization = std::fs::read_to_string(format!("{root}/manifests/kustomization.yaml")).unwrap();
+    assert!(!kustomization.contains("plan-reader-rbac.yaml"));
+}

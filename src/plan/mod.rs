@@ -1,22 +1,28 @@
-//! `plan`: what the operator would do for a snapshot of objects, without a
-//! cluster. It loads `kubectl get -o yaml` output and runs the very functions
-//! the controllers run (`decide`, `decide_service`), so the plan and the live
+//! `plan`: what the operator would do, for a snapshot of objects or for a
+//! live cluster, without writing anything. It runs the very functions the
+//! controllers run (`decide`, `decide_service`), so the plan and the live
 //! behaviour cannot drift apart.
 //!
-//! `snapshot` reads the input, this module plans, `render` prints.
+//! `snapshot` reads files and `live` a cluster, both into the same plain
+//! `input`; this module plans, `render` prints.
 
+pub mod input;
+pub mod live;
+pub mod policies;
+pub mod progress;
 pub mod render;
 pub mod snapshot;
 
+pub use input::{Counts, Origin, PlanInput};
 pub use render::{render_table, render_yaml};
 pub use snapshot::{InputError, MAX_INPUT_BYTES, Snapshot, parse_documents};
 
-use crate::endpoints::decide::{ServiceDecision, decide_cleanup, decide_service, is_ours_for};
+use crate::endpoints::decide::{ServiceDecision, decide_cleanup, decide_service};
 use crate::endpoints::intent::Intent;
 use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
-use crate::model::{NetworkAttachmentDefinition, ObjectKey, PodView, SpecConfig};
+use crate::model::{NetworkAttachmentDefinition, ObjectKey, SpecConfig};
 use crate::protection::configs::config_problem;
 use crate::protection::dangling::dangling_references;
 use crate::protection::decide::{
@@ -25,11 +31,15 @@ use crate::protection::decide::{
 use crate::runtime::config::{PlanArgs, PlanOutput};
 use crate::{names, names::reasons};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
 /// Fixed time stamped on planned slices, so that plans are reproducible.
 pub const PLAN_TIME: &str = "1970-01-01T00:00:00Z";
+
+/// Exit code of `plan` when the operator has something to do: a write to
+/// send or a Warning to report.
+pub const EXIT_PENDING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NadPlan {
@@ -62,14 +72,56 @@ pub struct Report {
     pub nads: Vec<NadPlan>,
     pub services: Vec<ServicePlan>,
     pub warnings: Vec<Warning>,
+    /// What the plan read.
+    pub counts: Counts,
+    pub origin: Origin,
 }
 
-/// Runs the controllers' decisions over a snapshot.
-pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -> Report {
+impl NadPlan {
+    /// Whether the operator would write to this NAD (patch its finalizer or
+    /// label, or release it).
+    pub fn acts(&self) -> bool {
+        matches!(
+            self.decision,
+            Some(Decision::Sync { .. } | Decision::ConfirmRelease | Decision::ConfirmEarlyRelease)
+        )
+    }
+}
+
+impl ServicePlan {
+    /// Whether the operator would write for this Service (its slices, or
+    /// Kubernetes' leftovers).
+    pub fn acts(&self) -> bool {
+        !self.decision.plan.is_empty() || !self.cleanup.is_empty()
+    }
+}
+
+impl Report {
+    /// Whether the operator has anything to do: a write to send, or a
+    /// Warning to report. `plan` then exits with `EXIT_PENDING`.
+    pub fn pending(&self) -> bool {
+        !self.warnings.is_empty()
+            || self.nads.iter().any(NadPlan::acts)
+            || self.services.iter().any(ServicePlan::acts)
+    }
+}
+
+/// Runs the controllers' decisions over what was read.
+pub fn plan(input: PlanInput, max_per_slice: usize) -> Report {
+    let counts = input.counts();
+    let PlanInput {
+        pods,
+        services: svcs,
+        nads: nad_objects,
+        our_slices,
+        other_slices,
+        namespaces,
+        early_release_guarded,
+        origin,
+    } = input;
     let mut index = PodIndex::new();
     let mut warnings = Vec::new();
-    for pod in &snapshot.pods {
-        let view = PodView::new(pod.clone(), multus_namespace);
+    for view in pods {
         for p in &view.problems {
             warnings.push(Warning {
                 reason: reasons::INVALID_NETWORK_ANNOTATION.into(),
@@ -80,22 +132,22 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
         index.upsert(view);
     }
 
-    let mut nads: Vec<NadPlan> = snapshot
-        .nads
-        .iter()
+    let mut nads: Vec<NadPlan> = nad_objects
+        .into_iter()
         .map(|nad| {
             let namespace = nad
                 .metadata
                 .namespace
                 .as_ref()
-                .and_then(|ns| snapshot.namespaces.get(ns));
-            let state =
-                NadState::from_meta(&nad.metadata).in_namespace(namespace.is_some_and(|ns| {
+                .and_then(|ns| namespaces.get(ns));
+            let state = NadState::from_meta(&nad.metadata)
+                .in_namespace(namespace.is_some_and(|ns| {
                     namespace_terminating(
-                        ns.metadata.deletion_timestamp.as_ref(),
+                        ns.deletion_timestamp.as_ref(),
                         nad.metadata.creation_timestamp.as_ref(),
                     )
-                }));
+                }))
+                .guarded(early_release_guarded);
             let users = index.users(&state.key);
             let decision = decide(&state, &users);
             let config = match nad.spec.as_ref().and_then(|s| s.config.clone()) {
@@ -123,7 +175,7 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                 key: state.key,
                 decision: Some(decision),
                 users,
-                nad: Some(nad.clone()),
+                nad: Some(nad),
             }
         })
         .collect();
@@ -149,17 +201,17 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
     }
     nads.sort_by(|a, b| a.key.cmp(&b.key));
 
-    let mut services: Vec<ServicePlan> = snapshot
-        .services
+    let mut ours_by_service: BTreeMap<ObjectKey, Vec<EndpointSlice>> = BTreeMap::new();
+    for slice in our_slices {
+        if let Some(svc) = crate::endpoints::by_service::service_of(&slice) {
+            ours_by_service.entry(svc).or_default().push(slice);
+        }
+    }
+    let mut services: Vec<ServicePlan> = svcs
         .iter()
         .filter_map(|svc| {
             let key = ObjectKey::of(svc);
-            let current: Vec<EndpointSlice> = snapshot
-                .slices
-                .iter()
-                .filter(|s| is_ours_for(s, &key))
-                .cloned()
-                .collect();
+            let current = ours_by_service.remove(&key).unwrap_or_default();
             let decision = decide_service(svc, &index, &current, max_per_slice, PLAN_TIME);
             if let Intent::Rejected { reason, message } = &decision.intent {
                 warnings.push(Warning {
@@ -168,11 +220,7 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
                     message: message.clone(),
                 });
             }
-            let cleanup = decide_cleanup(
-                svc,
-                &decision.intent,
-                snapshot.slices.iter().map(|s| &s.metadata),
-            );
+            let cleanup = decide_cleanup(svc, &decision.intent, &other_slices);
             if let (Intent::OptedIn { network, .. }, false) =
                 (&decision.intent, cleanup.foreign.is_empty())
             {
@@ -207,26 +255,17 @@ pub fn plan(snapshot: &Snapshot, multus_namespace: &str, max_per_slice: usize) -
         nads,
         services,
         warnings,
+        counts,
+        origin,
     }
 }
 
-/// `plan` as a command: exit 0, or 2 with a clear message on bad input.
-pub fn main(args: &PlanArgs) -> ExitCode {
-    let snapshot = match Snapshot::load(&args.files) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let report = plan(
-        &snapshot,
-        &args.multus_namespace,
-        args.max_endpoints_per_slice as usize,
-    );
-    match args.output {
-        PlanOutput::Table => print!("{}", render_table(&report, &snapshot)),
-        PlanOutput::Yaml => match render_yaml(&report) {
+/// Prints the report as asked; the exit code: 0 when nothing is pending,
+/// `EXIT_PENDING` when something is, 1 when the YAML cannot be rendered.
+pub fn print_report(report: &Report, output: PlanOutput) -> ExitCode {
+    match output {
+        PlanOutput::Table => print!("{}", render_table(report)),
+        PlanOutput::Yaml => match render_yaml(report) {
             Ok(y) => print!("{y}"),
             Err(e) => {
                 eprintln!("error: cannot render YAML: {e}");
@@ -234,7 +273,28 @@ pub fn main(args: &PlanArgs) -> ExitCode {
             }
         },
     }
-    ExitCode::SUCCESS
+    if report.pending() {
+        ExitCode::from(EXIT_PENDING)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `plan -f`: 0 when nothing is pending, `EXIT_PENDING` when something is,
+/// 1 with a clear message on bad input.
+pub fn main(args: &PlanArgs) -> ExitCode {
+    let snapshot = match Snapshot::load(&args.files) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = plan(
+        snapshot.into_input(&args.multus_namespace),
+        args.max_endpoints_per_slice as usize,
+    );
+    print_report(&report, args.output)
 }
 
 #[cfg(test)]
@@ -272,8 +332,8 @@ mod tests {
             .collect::<Vec<_>>()
             .join("---\n");
         snapshot.add_yaml("leftovers.yaml", &leftovers).unwrap();
-        let report = plan(&snapshot, "kube-system", 100);
-        let table = render_table(&report, &snapshot);
+        let report = plan(snapshot.into_input("kube-system"), 100);
+        let table = render_table(&report);
         assert!(table.contains("  delete EndpointSlice hostnames-kube  (left by Kubernetes' EndpointSlice controller)"), "{table}");
         assert!(table.contains("  label Endpoints hostnames endpointslice.kubernetes.io/skip-mirror=true  (Kubernetes then deletes its mirrored hostnames-mirror)"), "{table}");
         assert!(table.contains("  leave EndpointSlice hostnames-lb  (managed by lb.example.com: the Service is mixed)"), "{table}");
@@ -331,7 +391,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(snapshot.nads.len(), 4);
-        let report = plan(&snapshot, "kube-system", 100);
+        let report = plan(snapshot.into_input("kube-system"), 100);
         let found: Vec<&Warning> = report
             .warnings
             .iter()
@@ -347,7 +407,7 @@ mod tests {
             "{}",
             found[0].message
         );
-        let table = render_table(&report, &snapshot);
+        let table = render_table(&report);
         assert!(
             table.contains("Warning InvalidNetworkConfig on NetworkAttachmentDefinition default/broken: spec.config is not a CNI configuration"),
             "{table}"
@@ -423,7 +483,7 @@ items:
 
     #[test]
     fn the_seed_snapshot_plans_both_scenarios() {
-        let report = plan(&seed(), "kube-system", 100);
+        let report = plan(seed().into_input("kube-system"), 100);
         let by_name: BTreeMap<String, &NadPlan> =
             report.nads.iter().map(|n| (n.key.to_string(), n)).collect();
         // br0 is used by the hostnames pod: protected and marked in one patch
@@ -554,7 +614,7 @@ items:
 
     #[test]
     fn yaml_output_is_what_kubectl_apply_takes() {
-        let report = plan(&seed(), "kube-system", 100);
+        let report = plan(seed().into_input("kube-system"), 100);
         let yaml = render_yaml(&report).unwrap();
         let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -584,7 +644,7 @@ items:
             )
             .unwrap();
         assert!(snapshot.skipped.is_empty(), "{:?}", snapshot.skipped);
-        let report = plan(&snapshot, "kube-system", 100);
+        let report = plan(snapshot.into_input("kube-system"), 100);
         let decision = |name: &str| {
             report
                 .nads
@@ -594,7 +654,7 @@ items:
         };
         assert_eq!(decision("unused"), Some(Decision::ConfirmEarlyRelease));
         assert_eq!(decision("used"), Some(Decision::Protected));
-        let table = render_table(&report, &snapshot);
+        let table = render_table(&report);
         assert!(
             table.contains("remove finalizer before the namespace controller deletes it"),
             "{table}"
@@ -606,7 +666,7 @@ items:
     #[tokio::test]
     async fn the_plan_equals_what_the_controllers_send() {
         let snapshot = seed();
-        let report = plan(&snapshot, "kube-system", 100);
+        let report = plan(seed().into_input("kube-system"), 100);
 
         // EndpointSlices: the reconcile of `hostnames` creates the planned slice.
         let (shared, mut api) = fixtures::shared();
@@ -615,7 +675,7 @@ items:
                 .pods
                 .write()
                 .unwrap()
-                .upsert(PodView::new(pod.clone(), "kube-system"));
+                .upsert(crate::model::PodView::new(pod.clone(), "kube-system"));
         }
         let ctx = Arc::new(crate::endpoints::controller::Context::new(
             shared.clone(),

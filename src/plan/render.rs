@@ -1,8 +1,8 @@
 //! Rendering a plan: the readable table, and YAML for
 //! `kubectl apply --dry-run=server -f -`.
 
-use super::Report;
-use super::snapshot::Snapshot;
+use super::policies::{AdmissionPolicies, Verdict};
+use super::{Origin, Report};
 use crate::endpoints::intent::Intent;
 use crate::model::text::names_and_more;
 use crate::names;
@@ -49,30 +49,67 @@ fn ports(slice: &EndpointSlice) -> String {
     }
 }
 
-pub fn render_table(report: &Report, snapshot: &Snapshot) -> String {
-    let mut out = String::new();
-    let skipped: usize = snapshot.skipped.values().sum();
+/// Our admission policies: the API version serving them, and whether each
+/// is in force. Shown for a live cluster only: a snapshot holds none.
+fn render_policies(out: &mut String, admission: &AdmissionPolicies) {
+    let Some(version) = &admission.version else {
+        let _ = writeln!(
+            out,
+            "ADMISSION POLICIES\nValidatingAdmissionPolicy is not served (Kubernetes 1.30+, or 1.28 and 1.29 with the v1beta1 API on): no delete of a NAD in use is refused, and no NAD is released before its own deletion\n"
+        );
+        return;
+    };
     let _ = writeln!(
         out,
-        "Snapshot: {} NetworkAttachmentDefinitions, {} Pods, {} Services, {} EndpointSlices{}\n",
-        snapshot.nads.len(),
-        snapshot.pods.len(),
-        snapshot.services.len(),
-        snapshot.slices.len(),
-        if skipped > 0 {
-            let kinds: Vec<String> = snapshot
-                .skipped
-                .iter()
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            format!(
-                " ({skipped} objects of other kinds skipped: {})",
-                kinds.join(", ")
-            )
-        } else {
-            String::new()
+        "ADMISSION POLICIES (admissionregistration.k8s.io/{version})"
+    );
+    for (name, verdict) in admission.verdicts() {
+        let state = match verdict {
+            Verdict::InForce => "in force".to_string(),
+            Verdict::NotInstalled => "not installed".to_string(),
+            Verdict::NotInForce(why) => format!("not in force: {why}"),
+        };
+        let _ = writeln!(out, "{name:<34} {state}");
+    }
+    if !admission.pod_policy_in_force() {
+        let _ = writeln!(
+            out,
+            "Without {} in force, the operator releases no NAD before its own deletion.",
+            names::POD_ADMISSION_POLICY
+        );
+    }
+    let _ = writeln!(out);
+}
+
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    let c = &report.counts;
+    let (source, skipped) = match &report.origin {
+        Origin::Snapshot { skipped } => ("Snapshot".to_string(), Some(skipped)),
+        Origin::Cluster { server, .. } => (format!("Cluster {server}"), None),
+    };
+    let skipped_total: usize = skipped.map(|s| s.values().sum()).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "{source}: {} NetworkAttachmentDefinitions, {} Pods, {} Services, {} EndpointSlices{}\n",
+        c.nads,
+        c.pods,
+        c.services,
+        c.slices,
+        match skipped {
+            Some(skipped) if skipped_total > 0 => {
+                let kinds: Vec<String> = skipped.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                format!(
+                    " ({skipped_total} objects of other kinds skipped: {})",
+                    kinds.join(", ")
+                )
+            }
+            _ => String::new(),
         }
     );
+    if let Origin::Cluster { admission, .. } = &report.origin {
+        render_policies(&mut out, admission);
+    }
     let _ = writeln!(out, "NETWORK ATTACHMENT DEFINITIONS");
     let _ = writeln!(out, "{:<32} {:<16} {:>4}  ACTION", "NAD", "STATE", "PODS");
     for n in &report.nads {

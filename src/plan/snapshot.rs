@@ -1,7 +1,9 @@
 //! Reading a snapshot: `kubectl get -o yaml` (or `-o json`) output, in one
 //! or more files or stdin, sorted by kind into plain objects.
 
-use crate::model::{NetworkAttachmentDefinition, PodLite};
+use super::input::{Origin, PlanInput};
+use crate::model::{NetworkAttachmentDefinition, PodLite, PodView};
+use crate::names;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
@@ -57,6 +59,41 @@ impl Snapshot {
             snapshot.add_yaml(&name, &text)?;
         }
         Ok(snapshot)
+    }
+
+    /// The plan's input: each pod projected as the pod index holds it (with
+    /// `multus_namespace` for a namespace-less default-network), our slices
+    /// whole and everyone else's as metadata, as the controllers keep them.
+    /// A snapshot holds no admission policy: the pod policy is taken to be
+    /// in force, as the shipped manifests install it.
+    pub fn into_input(self, multus_namespace: &str) -> PlanInput {
+        let (our_slices, other_slices): (Vec<_>, Vec<_>) = self.slices.into_iter().partition(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(names::LABEL_MANAGED_BY))
+                .is_some_and(|m| m == names::MANAGED_BY)
+        });
+        PlanInput {
+            pods: self
+                .pods
+                .into_iter()
+                .map(|p| PodView::new(p, multus_namespace))
+                .collect(),
+            services: self.services,
+            nads: self.nads,
+            our_slices,
+            other_slices: other_slices.into_iter().map(|s| s.metadata).collect(),
+            namespaces: self
+                .namespaces
+                .into_iter()
+                .map(|(name, ns)| (name, ns.metadata))
+                .collect(),
+            early_release_guarded: true,
+            origin: Origin::Snapshot {
+                skipped: self.skipped,
+            },
+        }
     }
 
     /// Adds every object of a YAML or JSON text (`kubectl get -o yaml|json`):

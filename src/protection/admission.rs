@@ -244,9 +244,9 @@ pub enum PolicyStatus {
 
 /// The API versions admission policies are served at, newest first
 /// (Kubernetes 1.28 and 1.29 serve only v1beta1).
-const POLICY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+pub const POLICY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
-fn resource(version: &str, kind: &str, plural: &str) -> ApiResource {
+pub fn resource(version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: "admissionregistration.k8s.io".into(),
         version: version.into(),
@@ -259,13 +259,22 @@ fn resource(version: &str, kind: &str, plural: &str) -> ApiResource {
 /// Whether a binding, as the API server returns it, makes the policy deny
 /// pods from the ConfigMap this operator keeps in `namespace`.
 pub fn binding_guards(binding: &Value, namespace: &str) -> Result<(), String> {
+    binding_enforces(binding, names::POD_ADMISSION_POLICY, Some(namespace))
+}
+
+/// Whether a binding, as the API server returns it, makes `policy` deny;
+/// with `param_namespace`, also whether it reads the ConfigMap this operator
+/// keeps there (the pod and protection-pending policies read it).
+pub fn binding_enforces(
+    binding: &Value,
+    policy: &str,
+    param_namespace: Option<&str>,
+) -> Result<(), String> {
     let spec = &binding["spec"];
-    if spec["policyName"] != names::POD_ADMISSION_POLICY {
+    if spec["policyName"] != policy {
         return Err(format!(
-            "binding {} names policy {}, not {}",
-            names::POD_ADMISSION_POLICY,
-            spec["policyName"],
-            names::POD_ADMISSION_POLICY
+            "binding {policy} names policy {}, not {policy}",
+            spec["policyName"]
         ));
     }
     let denies = spec["validationActions"]
@@ -273,15 +282,16 @@ pub fn binding_guards(binding: &Value, namespace: &str) -> Result<(), String> {
         .is_some_and(|a| a.iter().any(|v| v == "Deny"));
     if !denies {
         return Err(format!(
-            "binding {} does not deny (validationActions has no Deny)",
-            names::POD_ADMISSION_POLICY
+            "binding {policy} does not deny (validationActions has no Deny)"
         ));
     }
+    let Some(namespace) = param_namespace else {
+        return Ok(());
+    };
     let param = &spec["paramRef"];
     if param["name"] != names::ADMISSION_STATE_CONFIGMAP || param["namespace"] != namespace {
         return Err(format!(
-            "binding {} reads paramRef {}/{}, but this operator keeps {namespace}/{}: set its paramRef.namespace to the operator's namespace",
-            names::POD_ADMISSION_POLICY,
+            "binding {policy} reads paramRef {}/{}, but this operator keeps {namespace}/{}: set its paramRef.namespace to the operator's namespace",
             param["namespace"].as_str().unwrap_or("<none>"),
             param["name"].as_str().unwrap_or("<none>"),
             names::ADMISSION_STATE_CONFIGMAP

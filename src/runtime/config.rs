@@ -31,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controllers against the cluster.
     Run(RunArgs),
-    /// Show what the operator would do for the objects in YAML files, without a cluster.
+    /// Show what the operator would do, for a live cluster (read-only) or for objects in YAML files.
+    /// Exit code: 0 nothing to do, 2 actions or warnings pending, 1 error.
     Plan(PlanArgs),
     /// Remove our finalizer from every NetworkAttachmentDefinition (run before uninstalling).
     ReleaseFinalizers,
@@ -117,16 +118,41 @@ pub enum PlanOutput {
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// YAML file with Kubernetes objects (a List or several documents); `-` reads stdin. Repeatable.
-    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    /// Without it, the cluster is read (as --live).
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        conflicts_with = "live"
+    )]
     pub files: Vec<PathBuf>,
+    /// Read the cluster of the kubeconfig (--kubeconfig, --context) with get and list only. The default without -f.
+    #[arg(long)]
+    pub live: bool,
     #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Table)]
     pub output: PlanOutput,
+    /// No progress on stderr while the cluster is read (it is shown only when stdout and stderr are terminals).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// Namespace Multus reads a namespace-less default-network annotation from.
     #[arg(long, default_value = crate::names::DEFAULT_MULTUS_NAMESPACE)]
     pub multus_namespace: String,
     /// Most endpoints per EndpointSlice.
     #[arg(long, default_value_t = DEFAULT_MAX_ENDPOINTS_PER_SLICE, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
+    /// The operator's namespace, whose ConfigMap the admission policy bindings must read (with --live).
+    #[arg(long, default_value = DEFAULT_NAMESPACE)]
+    pub operator_namespace: String,
+    /// Page size of the LIST requests (with --live), as the operator's --list-page-size.
+    #[arg(long, default_value_t = DEFAULT_LIST_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub list_page_size: u32,
+}
+
+impl PlanArgs {
+    /// Whether the cluster is read rather than files.
+    pub fn reads_cluster(&self) -> bool {
+        self.live || self.files.is_empty()
+    }
 }
 
 /// Settings the controllers read (a subset of the command line), and the
@@ -258,9 +284,19 @@ mod tests {
         };
         assert_eq!(plan.files.len(), 2);
         assert_eq!(plan.output, PlanOutput::Yaml);
-        assert!(
-            Cli::try_parse_from(["x", "plan"]).is_err(),
-            "-f is required"
-        );
+        assert!(!plan.reads_cluster());
+    }
+
+    #[test]
+    fn plan_without_files_reads_the_cluster_and_live_takes_no_files() {
+        for args in [&["x", "plan"][..], &["x", "plan", "--live", "-q"]] {
+            let Command::Plan(plan) = Cli::try_parse_from(args).unwrap().command else {
+                panic!()
+            };
+            assert!(plan.reads_cluster(), "{args:?}");
+            assert_eq!(plan.list_page_size, DEFAULT_LIST_PAGE_SIZE);
+            assert_eq!(plan.operator_namespace, DEFAULT_NAMESPACE);
+        }
+        assert!(Cli::try_parse_from(["x", "plan", "--live", "-f", "a.yaml"]).is_err());
     }
 }
