@@ -60,6 +60,8 @@ e2e:
     kubectl config use-context kind-{{cluster}}
     cargo build --bin k8s-net-attach-def-controller
     export E2E_CONTROLLER=deployed
+    # alone: it stops the operator, and its exit code 0 means nothing is left in the whole cluster
+    cargo test -p nadc-e2e --test plan -- --ignored
     cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
     cargo test -p nadc-e2e --test handover -- --ignored
     # last: it stops the operator and strips finalizers cluster-wide
@@ -72,6 +74,8 @@ e2e:
 e2e-local:
     cargo build --bin k8s-net-attach-def-controller
     kubectl apply -f manifests/namespace.yaml -f manifests/serviceaccount.yaml -f manifests/rbac.yaml -f manifests/leader-election-rbac.yaml
+    # alone: the operator must be stopped when it starts, and its exit code 0 means nothing is left in the whole cluster
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test plan -- --ignored
     E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test e2e --test protection --test network_checks -- --ignored --test-threads=4
     E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test handover -- --ignored
     # alone: they install the pod admission policy, whose binding covers every pod
@@ -84,6 +88,11 @@ e2e-local:
 bench-scale *ARGS:
     cargo build --release --bin k8s-net-attach-def-controller
     cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}
+
+# Wall time and peak RSS of `plan --live` (release build) over N pods, against the current KUBECONFIG (no operator; see docs/benchmarks.md).
+bench-plan-live *ARGS:
+    cargo build --release --bin k8s-net-attach-def-controller
+    cargo run -p nadc-e2e --bin bench-plan-live -- --binary "${CARGO_TARGET_DIR:-target}/release/k8s-net-attach-def-controller" {{ARGS}}
 
 # Pod CREATE latency with and without the pod admission policy, against the current KUBECONFIG (no operator; see docs/benchmarks.md).
 bench-admission *ARGS:

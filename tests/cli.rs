@@ -47,6 +47,20 @@ fn the_readme_shows_what_the_first_command_prints() {
 }
 
 #[test]
+fn the_readme_shows_the_plan_reader_role_as_shipped() {
+    let readme = readme();
+    let marker = readme
+        .find("<!-- plan-reader-rbac")
+        .expect("plan-reader-rbac marker");
+    let block = &readme[marker..];
+    let start = block.find("```yaml\n").unwrap() + 8;
+    let end = start + block[start..].find("```").unwrap();
+    let shipped = std::fs::read_to_string(format!("{ROOT}/manifests/plan-reader-rbac.yaml")).unwrap();
+    let shipped = &shipped[shipped.find("apiVersion:").unwrap()..];
+    assert_eq!(&block[start..end], shipped, "README's plan-reader role is stale");
+}
+
+#[test]
 fn the_configuration_table_matches_help() {
     let readme = readme();
     let cmd = Cli::command();

@@ -35,6 +35,22 @@ impl<K> Default for ByService<K> {
     }
 }
 
+/// The selector label for the slices we own.
+pub fn managed_slices_selector() -> String {
+    format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY)
+}
+
+/// The slices under any Service name that are not ours (no managed-by label
+/// included): kube-proxy reads them for the Service all the same.
+pub fn other_slices_selector() -> String {
+    format!(
+        "{},{}!={}",
+        names::LABEL_SERVICE_NAME,
+        names::LABEL_MANAGED_BY,
+        names::MANAGED_BY
+    )
+}
+
 /// The Service a slice belongs to, by its label; `None` for a slice without
 /// one (never a Service's, as far as kube-proxy is concerned).
 pub fn service_of<K: ResourceExt>(slice: &K) -> Option<ObjectKey> {

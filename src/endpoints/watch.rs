@@ -2,11 +2,10 @@
 //! plus the selectors the pod feed reads), our slices and everyone else's
 //! (metadata only), each fed into its cache from a future of its own.
 
-use super::by_service::{SliceCache, service_of};
+use super::by_service::{SliceCache, managed_slices_selector, other_slices_selector, service_of};
 use super::intent::{Intent, service_intent};
 use super::selecting::SharedSelectors;
 use crate::model::ObjectKey;
-use crate::names;
 use crate::relist::Departures;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -20,22 +19,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::sync::Arc;
 use tracing::debug;
-
-/// The selector label for the slices we own.
-pub fn managed_slices_selector() -> String {
-    format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY)
-}
-
-/// The slices under any Service name that are not ours (no managed-by label
-/// included): kube-proxy reads them for the Service all the same.
-pub fn other_slices_selector() -> String {
-    format!(
-        "{},{}!={}",
-        names::LABEL_SERVICE_NAME,
-        names::LABEL_MANAGED_BY,
-        names::MANAGED_BY
-    )
-}
 
 /// The Service a slice is labelled with, when that Service opts in: a change
 /// of any other slice is none of our business.

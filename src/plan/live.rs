@@ -8,9 +8,9 @@
 use super::input::{Origin, PlanInput};
 use super::policies::{AdmissionPolicies, OUR_POLICIES, PolicyFound};
 use super::progress::Progress;
-use crate::endpoints::watch::{managed_slices_selector, other_slices_selector};
+use crate::endpoints::by_service::{managed_slices_selector, other_slices_selector};
 use crate::model::{NetworkAttachmentDefinition, PodLite, PodView};
-use crate::protection::admission::{POLICY_VERSIONS, resource};
+use crate::protection::policy::{POLICY_VERSIONS, resource};
 use crate::runtime::config::PlanArgs;
 use crate::{Error, Result};
 use futures::future::BoxFuture;

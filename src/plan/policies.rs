@@ -4,7 +4,7 @@
 //! reader fetches the objects, this judges them as the operator does.
 
 use crate::names;
-use crate::protection::admission::binding_enforces;
+use crate::protection::policy::binding_enforces;
 use serde_json::Value;
 
 /// Our policies, each with whether its binding must read the operator's

@@ -5,7 +5,9 @@
 //! caches, asks `decide`, and writes the answer; `live` is the live LIST of
 //! pods that every release confirms with, shared between NADs; `gauges`
 //! keeps the protected/blocked counts from the NAD watch, and `configs`
-//! the verdict on each NAD's `spec.config`.
+//! the verdict on each NAD's `spec.config`; `admission` keeps the pod
+//! policy's ConfigMap and checks the policy, which `policy` judges (pure,
+//! shared with `plan --live`).
 
 pub mod admission;
 pub mod configs;
@@ -15,5 +17,6 @@ pub mod decide;
 pub mod finalizer;
 pub mod gauges;
 pub mod live;
+pub mod policy;
 pub mod references;
 pub mod tracker;
