@@ -55,9 +55,14 @@ fn the_readme_shows_the_plan_reader_role_as_shipped() {
     let block = &readme[marker..];
     let start = block.find("```yaml\n").unwrap() + 8;
     let end = start + block[start..].find("```").unwrap();
-    let shipped = std::fs::read_to_string(format!("{ROOT}/manifests/plan-reader-rbac.yaml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(format!("{ROOT}/manifests/plan-reader-rbac.yaml")).unwrap();
     let shipped = &shipped[shipped.find("apiVersion:").unwrap()..];
-    assert_eq!(&block[start..end], shipped, "README's plan-reader role is stale");
+    assert_eq!(
+        &block[start..end],
+        shipped,
+        "README's plan-reader role is stale"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! planning a large cluster holds what the operator would, no more.
 
 use super::policies::AdmissionPolicies;
-use crate::model::{NetworkAttachmentDefinition, PodView};
+use crate::model::{NadWatched, PodView};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -15,7 +15,9 @@ pub struct PlanInput {
     /// Pods with their Multus annotations parsed, as the pod index holds them.
     pub pods: Vec<PodView>,
     pub services: Vec<Service>,
-    pub nads: Vec<NetworkAttachmentDefinition>,
+    /// NADs as the protection controller's watch reads them: metadata and
+    /// `spec.config`, whatever the spec holds.
+    pub nads: Vec<NadWatched>,
     /// Our EndpointSlices, whole.
     pub our_slices: Vec<EndpointSlice>,
     /// The metadata of everyone else's slices (Kubernetes' leftovers,

@@ -9,7 +9,7 @@ use super::input::{Origin, PlanInput};
 use super::policies::{AdmissionPolicies, OUR_POLICIES, PolicyFound};
 use super::progress::Progress;
 use crate::endpoints::by_service::{managed_slices_selector, other_slices_selector};
-use crate::model::{NetworkAttachmentDefinition, PodLite, PodView};
+use crate::model::{NadWatched, PodLite, PodView};
 use crate::protection::policy::{POLICY_VERSIONS, resource};
 use crate::runtime::config::PlanArgs;
 use crate::{Error, Result};
@@ -72,14 +72,16 @@ pub async fn read_cluster(
     .await?;
 
     let mut nads = Vec::new();
-    let api: Api<NetworkAttachmentDefinition> = Api::all(client.clone());
+    // Read as the protection controller's watch reads them: a NAD whose spec
+    // breaks the CRD's schema is reported, never a failed LIST.
+    let api: Api<NadWatched> = Api::all(client.clone());
     list_paged(
         "NetworkAttachmentDefinitions",
         size,
         None,
         progress,
         full_pages(&api),
-        |mut nad: NetworkAttachmentDefinition| {
+        |mut nad: NadWatched| {
             nad.metadata.managed_fields = None;
             nads.push(nad);
         },
@@ -665,6 +667,52 @@ mod tests {
         assert!(
             table.contains("ADMISSION POLICIES\nValidatingAdmissionPolicy is not served"),
             "{table}"
+        );
+    }
+
+    /// Served by no policy API, so discovery ends after two 404s.
+    async fn serve_no_policy_api(api: &mut ApiServerVerifier) {
+        for version in ["v1", "v1beta1"] {
+            api.expect(Method::GET, &format!("{ADMISSION}/{version}"))
+                .await
+                .respond(404, status(404, "NotFound"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nad_whose_config_is_no_string_is_reported_not_a_failed_list() {
+        let (client, mut api) = mock_client();
+        let reader = tokio::spawn(async move {
+            read_cluster(
+                &client,
+                "https://cluster.test",
+                &options(100),
+                &mut Progress::hidden(),
+            )
+            .await
+        });
+        serve_no_policy_api(&mut api).await;
+        let mut objects = cluster();
+        objects[1].1 = vec![
+            json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": "odd", "namespace": "default", "uid": "uid-odd"},
+            "spec": {"config": {"type": "bridge"}}}),
+        ];
+        for (path, items) in &objects {
+            serve_pages(&mut api, path, items, 100).await;
+        }
+        let report = plan(reader.await.unwrap().unwrap(), 100);
+        let found: Vec<&crate::plan::Warning> = report
+            .warnings
+            .iter()
+            .filter(|w| w.reason == names::reasons::INVALID_NETWORK_CONFIG)
+            .collect();
+        assert_eq!(found.len(), 1, "{:?}", report.warnings);
+        assert_eq!(found[0].object, "NetworkAttachmentDefinition default/odd");
+        let yaml = crate::plan::render_yaml(&report).unwrap();
+        assert!(
+            !yaml.contains("spec:"),
+            "a config that is no string is not written back: {yaml}"
         );
     }
 

@@ -22,7 +22,7 @@ use crate::endpoints::intent::Intent;
 use crate::endpoints::leftovers::{self, Cleanup};
 use crate::endpoints::slices::apply_plan;
 use crate::index::PodIndex;
-use crate::model::{NetworkAttachmentDefinition, ObjectKey, SpecConfig};
+use crate::model::{NadWatched, ObjectKey};
 use crate::protection::configs::config_problem;
 use crate::protection::dangling::dangling_references;
 use crate::protection::decide::{
@@ -47,7 +47,7 @@ pub struct NadPlan {
     /// None when pods reference a NAD the snapshot does not hold.
     pub decision: Option<Decision>,
     pub users: Vec<ObjectKey>,
-    pub nad: Option<NetworkAttachmentDefinition>,
+    pub nad: Option<NadWatched>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,11 +150,7 @@ pub fn plan(input: PlanInput, max_per_slice: usize) -> Report {
                 .guarded(early_release_guarded);
             let users = index.users(&state.key);
             let decision = decide(&state, &users);
-            let config = match nad.spec.as_ref().and_then(|s| s.config.clone()) {
-                Some(text) => SpecConfig::Text(text),
-                None => SpecConfig::Absent,
-            };
-            if let Some(problem) = config_problem(&config)
+            if let Some(problem) = config_problem(&nad.config)
                 && !state.deleting
                 && !state.namespace_terminating
             {

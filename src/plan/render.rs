@@ -4,6 +4,7 @@
 use super::policies::{AdmissionPolicies, Verdict};
 use super::{Origin, Report};
 use crate::endpoints::intent::Intent;
+use crate::model::SpecConfig;
 use crate::model::text::names_and_more;
 use crate::names;
 use crate::protection::decide::Decision;
@@ -326,12 +327,17 @@ pub fn render_yaml(report: &Report) -> Result<String, String> {
                 }
                 None => {}
             }
-            docs.push(serde_json::json!({
+            let mut doc = serde_json::json!({
                 "apiVersion": "k8s.cni.cncf.io/v1",
                 "kind": "NetworkAttachmentDefinition",
                 "metadata": {"name": n.key.name, "namespace": n.key.namespace, "finalizers": finalizers, "labels": labels},
-                "spec": nad.spec,
-            }));
+            });
+            // The config as it is (we never change it); none when it is
+            // absent, or no string (then it could not be written back).
+            if let SpecConfig::Text(config) = &nad.config {
+                doc["spec"] = serde_json::json!({ "config": config });
+            }
+            docs.push(doc);
         }
         if let Some(Decision::ConfirmRelease | Decision::ConfirmEarlyRelease) = &n.decision {
             let _ = writeln!(

@@ -2,7 +2,7 @@
 //! or more files or stdin, sorted by kind into plain objects.
 
 use super::input::{Origin, PlanInput};
-use crate::model::{NetworkAttachmentDefinition, PodLite, PodView};
+use crate::model::{NadWatched, NetworkAttachmentDefinition, PodLite, PodView, SpecConfig};
 use crate::names;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -81,7 +81,17 @@ impl Snapshot {
                 .map(|p| PodView::new(p, multus_namespace))
                 .collect(),
             services: self.services,
-            nads: self.nads,
+            nads: self
+                .nads
+                .into_iter()
+                .map(|nad| NadWatched {
+                    config: match nad.spec.and_then(|s| s.config) {
+                        Some(text) => SpecConfig::Text(text),
+                        None => SpecConfig::Absent,
+                    },
+                    metadata: nad.metadata,
+                })
+                .collect(),
             our_slices,
             other_slices: other_slices.into_iter().map(|s| s.metadata).collect(),
             namespaces: self
