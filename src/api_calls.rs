@@ -126,11 +126,21 @@ pub fn api_call(method: &str, path: &str, query: &str) -> ApiCall {
     }
 }
 
+/// Whose requests a mock API server records: the operator's, which its
+/// ClusterRole and Role must grant, or `plan --live`'s, which the
+/// plan-reader ClusterRole (`manifests/plan-reader-rbac.yaml`) must grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Caller {
+    Operator,
+    PlanReader,
+}
+
 /// Where every test process writes what it recorded: `nadc-api-calls` in
 /// cargo's target directory, found from the test binary itself
 /// (`<target>/<profile>/deps/<binary>`): the first ancestor holding cargo's
 /// CACHEDIR.TAG, else three levels up. Recorder and reader agree whatever
-/// CARGO_TARGET_DIR was.
+/// CARGO_TARGET_DIR was. The operator's calls are its files, `plan --live`'s
+/// those of its `plan-reader` subdirectory.
 pub fn recording_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let target = exe
@@ -142,17 +152,31 @@ pub fn recording_dir() -> PathBuf {
     target.join("nadc-api-calls")
 }
 
-static SEEN: Mutex<BTreeSet<ApiCall>> = Mutex::new(BTreeSet::new());
+/// Where the calls of `caller` are recorded.
+pub fn recording_dir_of(caller: Caller) -> PathBuf {
+    match caller {
+        Caller::Operator => recording_dir(),
+        Caller::PlanReader => recording_dir().join("plan-reader"),
+    }
+}
 
-/// Records one request received by a mock API server: appends its
-/// authorization attributes to this process's file, the first time only.
+static SEEN: Mutex<BTreeSet<(Caller, ApiCall)>> = Mutex::new(BTreeSet::new());
+
+/// Records one request the operator's code sent a mock API server.
 pub fn record(method: &str, path: &str, query: &str) {
+    record_as(Caller::Operator, method, path, query)
+}
+
+/// Records one request received by a mock API server from `caller`:
+/// appends its authorization attributes to this process's file, the first
+/// time only.
+pub fn record_as(caller: Caller, method: &str, path: &str, query: &str) {
     let call = api_call(method, path, query);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if seen.contains(&call) {
+    if seen.contains(&(caller, call.clone())) {
         return;
     }
-    let dir = recording_dir();
+    let dir = recording_dir_of(caller);
     std::fs::create_dir_all(&dir).expect("create the API call recording directory");
     let file = dir.join(format!("{}.txt", std::process::id()));
     let mut out = std::fs::OpenOptions::new()
@@ -161,12 +185,18 @@ pub fn record(method: &str, path: &str, query: &str) {
         .open(&file)
         .unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
     writeln!(out, "{}", call.to_line()).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
-    seen.insert(call);
+    seen.insert((caller, call));
 }
 
-/// Every call recorded by every test process, and the files read.
+/// Every call of the operator recorded by every test process, and the
+/// files read.
 pub fn read_all() -> (BTreeSet<ApiCall>, Vec<PathBuf>) {
-    let dir = recording_dir();
+    read_all_of(Caller::Operator)
+}
+
+/// Every call of `caller` recorded by every test process, and the files read.
+pub fn read_all_of(caller: Caller) -> (BTreeSet<ApiCall>, Vec<PathBuf>) {
+    let dir = recording_dir_of(caller);
     let mut calls = BTreeSet::new();
     let mut files = Vec::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {

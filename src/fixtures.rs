@@ -14,9 +14,9 @@ use tower_test::mock::{Handle, SendResponse};
 
 pub struct ApiServerVerifier {
     handle: Handle<Request<Body>, Response<Body>>,
-    /// Whether what arrives counts for the RBAC (tests/rbac.rs): false
-    /// only for a test whose requests are its own, not the operator's.
-    record: bool,
+    /// Whose RBAC what arrives counts for (tests/rbac.rs): the operator's,
+    /// `plan --live`'s, or none for a test whose requests are its own.
+    record: Option<crate::api_calls::Caller>,
 }
 
 /// One request received by the mock API server, waiting for its response.
@@ -161,8 +161,13 @@ impl ApiServerVerifier {
     }
 
     fn record(&self, method: &Method, uri: &http::Uri) {
-        if self.record {
-            crate::api_calls::record(method.as_str(), uri.path(), uri.query().unwrap_or_default());
+        if let Some(caller) = self.record {
+            crate::api_calls::record_as(
+                caller,
+                method.as_str(),
+                uri.path(),
+                uri.query().unwrap_or_default(),
+            );
         }
     }
 }
@@ -170,17 +175,25 @@ impl ApiServerVerifier {
 /// A client wired to a mock API server, for the operator's code: what it
 /// sends is recorded for the RBAC check.
 pub fn mock_client() -> (kube::Client, ApiServerVerifier) {
-    mock_client_recording(true)
+    mock_client_recording(Some(crate::api_calls::Caller::Operator))
+}
+
+/// A client wired to a mock API server, for `plan --live`: what it sends is
+/// recorded for the plan-reader ClusterRole's check.
+pub fn mock_client_plan_reader() -> (kube::Client, ApiServerVerifier) {
+    mock_client_recording(Some(crate::api_calls::Caller::PlanReader))
 }
 
 /// A client wired to a mock API server, for a test that sends requests of
 /// its own, as a user or another component would: the operator's RBAC need
 /// not grant them, so they are not recorded.
 pub fn mock_client_not_the_operator() -> (kube::Client, ApiServerVerifier) {
-    mock_client_recording(false)
+    mock_client_recording(None)
 }
 
-fn mock_client_recording(record: bool) -> (kube::Client, ApiServerVerifier) {
+fn mock_client_recording(
+    record: Option<crate::api_calls::Caller>,
+) -> (kube::Client, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     (
         kube::Client::new(service, "default"),

@@ -387,6 +387,7 @@ fn the_plan_reader_role_grants_get_and_list_only_and_is_not_installed() {
             );
         }
     }
-    let kustomization = std::fs::read_to_string(format!("{root}/manifests/kustomization.yaml")).unwrap();
+    let kustomization =
+        std::fs::read_to_string(format!("{root}/manifests/kustomization.yaml")).unwrap();
     assert!(!kustomization.contains("plan-reader-rbac.yaml"));
 }

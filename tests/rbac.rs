@@ -222,3 +222,74 @@ fn the_rbac_grants_exactly_what_the_code_sends() {
         );
     }
 }
+
+/// `plan --live` reads with exactly what `manifests/plan-reader-rbac.yaml`
+/// grants: every request its mock-API tests recorded (`Caller::PlanReader`)
+/// is granted, every grant was sent, and all are get or list. Discovery
+/// (`/apis/<group>/<version>`) needs no grant of ours: Kubernetes' default
+/// ClusterRole system:discovery lets every authenticated user read it.
+#[test]
+#[ignore = "run by .ci/run after the whole suite: reads the API calls every mock-API test recorded"]
+fn the_plan_reader_role_grants_exactly_what_plan_live_sends() {
+    let (recorded, files) = api_calls::read_all_of(api_calls::Caller::PlanReader);
+    assert!(
+        !recorded.is_empty(),
+        "no API calls of plan --live recorded in {}: run `cargo test --workspace` first (.ci/run does)",
+        api_calls::recording_dir_of(api_calls::Caller::PlanReader).display()
+    );
+    let role: ClusterRole = one("plan-reader-rbac.yaml", "ClusterRole");
+    let granted = grants(
+        role.rules.as_deref().unwrap_or_default(),
+        "the plan-reader ClusterRole",
+    );
+    let mut sent = BTreeSet::new();
+    let mut missing = Vec::new();
+    for c in &recorded {
+        if c.is_non_resource() {
+            assert!(
+                c.verb == "get"
+                    && (c.resource.starts_with("/apis/") || c.resource.starts_with("/api/")),
+                "plan --live sends {} {}, which is no discovery read",
+                c.verb,
+                c.resource
+            );
+            continue;
+        }
+        let k = key(&c.group, &c.resource, &c.verb);
+        if !granted.contains(&k) {
+            missing.push(format!(
+                "{} on {}",
+                c.verb,
+                qualified(&c.group, &c.resource)
+            ));
+        }
+        sent.insert(k);
+    }
+    println!(
+        "recorded by {} test processes; plan-reader ClusterRole: {} granted, {} sent:\n{}",
+        files.len(),
+        granted.len(),
+        sent.len(),
+        show(&sent)
+    );
+    assert!(
+        missing.is_empty(),
+        "plan --live sends requests the plan-reader ClusterRole does not grant:\n  {}",
+        missing.join("\n  ")
+    );
+    let unused: Vec<String> = granted
+        .difference(&sent)
+        .map(|(g, r, v)| format!("{v} on {}", qualified(g, r)))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the plan-reader ClusterRole grants what no test saw plan --live send:\n  {}",
+        unused.join("\n  ")
+    );
+    for (_, _, verb) in &sent {
+        assert!(
+            verb == "get" || verb == "list",
+            "plan --live must only read, and sends {verb}"
+        );
+    }
+}

@@ -334,7 +334,7 @@ pub async fn main(client: kube::Client, server: &str, args: &PlanArgs) -> ExitCo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{ApiServerVerifier, Exchange, mock_client, pod_json, status};
+    use crate::fixtures::{ApiServerVerifier, Exchange, mock_client_plan_reader, pod_json, status};
     use crate::names;
     use crate::plan::{Snapshot, plan, render_table};
     use http::Method;
@@ -545,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_live_reader_pages_every_list_and_plans_what_the_same_snapshot_plans() {
-        let (client, mut api) = mock_client();
+        let (client, mut api) = mock_client_plan_reader();
         let captured = Captured::default();
         let mut progress = Progress::to(Box::new(captured.clone()));
         let reader = tokio::spawn(async move {
@@ -632,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_the_policy_api_no_early_release_is_planned() {
-        let (client, mut api) = mock_client();
+        let (client, mut api) = mock_client_plan_reader();
         let reader = tokio::spawn(async move {
             read_cluster(
                 &client,
@@ -681,7 +681,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_nad_whose_config_is_no_string_is_reported_not_a_failed_list() {
-        let (client, mut api) = mock_client();
+        let (client, mut api) = mock_client_plan_reader();
         let reader = tokio::spawn(async move {
             read_cluster(
                 &client,
@@ -718,7 +718,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_list_is_an_error_that_names_it() {
-        let (client, mut api) = mock_client();
+        let (client, mut api) = mock_client_plan_reader();
         let reader = tokio::spawn(async move {
             read_cluster(
                 &client,
@@ -744,7 +744,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_discovery_is_an_error_not_an_absent_policy() {
-        let (client, mut api) = mock_client();
+        let (client, mut api) = mock_client_plan_reader();
         let reader = tokio::spawn(async move {
             read_cluster(
                 &client,

@@ -443,7 +443,7 @@ items:
     phase: Succeeded
 "#;
         snapshot.add_yaml("pods.yaml", pods).unwrap();
-        let report = plan(&snapshot, "kube-system", 100);
+        let report = plan(snapshot.into_input("kube-system"), 100);
         let found: Vec<(&str, &str)> = report
             .warnings
             .iter()
@@ -463,14 +463,14 @@ items:
                 ),
             ]
         );
-        let table = render_table(&report, &snapshot);
+        let table = render_table(&report);
         assert!(
             table.contains("Warning NetworkAttachmentDefinitionNotFound on Pod default/lost: k8s.v1.cni.cncf.io/networks names NetworkAttachmentDefinition team-a/nowhere"),
             "{table}"
         );
         // the seed alone names none
         assert!(
-            !plan(&seed(), "kube-system", 100)
+            !plan(seed().into_input("kube-system"), 100)
                 .warnings
                 .iter()
                 .any(|w| w.reason == reasons::NETWORK_ATTACHMENT_DEFINITION_NOT_FOUND)

@@ -329,6 +329,14 @@ pub async fn watch_policy(
 mod tests {
     use super::*;
 
+    fn binding(namespace: &str, actions: &[&str]) -> Value {
+        json!({"spec": {
+            "policyName": names::POD_ADMISSION_POLICY,
+            "validationActions": actions,
+            "paramRef": {"name": names::ADMISSION_STATE_CONFIGMAP, "namespace": namespace, "parameterNotFoundAction": "Allow"},
+        }})
+    }
+
     const AR: &str = "/apis/admissionregistration.k8s.io";
 
     /// As the API server returns a binding or policy at `version`.
