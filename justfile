@@ -64,6 +64,8 @@ e2e:
     cargo test -p nadc-e2e --test plan -- --ignored
     cargo test -p nadc-e2e --test e2e --test protection -- --ignored --test-threads=4
     cargo test -p nadc-e2e --test handover -- --ignored
+    # alone: it takes the Events permission from the operator's ClusterRole for 10 s
+    cargo test -p nadc-e2e --test events -- --ignored
     # last: it stops the operator and strips finalizers cluster-wide
     cargo test -p nadc-e2e --test uninstall -- --ignored
 
@@ -80,6 +82,8 @@ e2e-local:
     E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test handover -- --ignored
     # alone: they install the pod admission policy, whose binding covers every pod
     E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test admission -- --ignored
+    # alone: it takes the Events permission from the operator's ClusterRole for 10 s
+    E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test events -- --ignored
     # SIGKILLs the operator every 30-45 s; E2E_CHAOS_SECONDS (default 150), E2E_CHAOS_SEED
     E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test chaos -- --ignored --nocapture
     E2E_CONTROLLER=local E2E_OPERATOR_AS={{operator_sa}} cargo test -p nadc-e2e --test uninstall -- --ignored

@@ -61,14 +61,14 @@ pub struct Context {
 impl Context {
     pub fn new(shared: Shared, slices: OurSlices, others: OtherSlices) -> Self {
         Context {
+            last_warning: shared.notes(),
+            last_foreign: shared.notes(),
+            last_updated: shared.notes(),
             shared,
             slices,
             others,
             tracker: Mutex::default(),
-            last_warning: LastNotes::default(),
-            last_foreign: LastNotes::default(),
             mirroring_stopped: Mutex::default(),
-            last_updated: LastNotes::default(),
             retries: Default::default(),
         }
     }

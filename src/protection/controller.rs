@@ -83,15 +83,16 @@ impl Context {
             &shared.settings.multus_namespace,
             tokio::sync::watch::channel(Some(true)).1,
         );
+        let (last_blocked, last_invalid_config) = (shared.notes(), shared.notes());
         Context {
             admission,
             shared,
             nads,
             namespaces,
             namespaces_synced: tokio::sync::watch::channel(true).1,
-            last_blocked: LastNotes::default(),
+            last_blocked,
             configs: Arc::default(),
-            last_invalid_config: LastNotes::default(),
+            last_invalid_config,
             writes: Mutex::default(),
             live: SharedList::with_gather(gather),
             api_slots: tokio::sync::Semaphore::new(API_CONCURRENCY),

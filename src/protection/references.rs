@@ -157,10 +157,10 @@ pub async fn report_dangling(
     }
     shared.pods_ready().await;
     let mut reporter = Reporter {
+        notes: shared.notes(),
         shared,
         nads,
         tracker: DanglingReferences::default(),
-        notes: LastNotes::default(),
     };
     reporter.look_at_all();
     reporter.report();
@@ -364,10 +364,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_warning_the_api_server_refused_is_sent_again_on_the_next_sweep() {
         let mut h = start();
+        // Refused for good, so the outbox drops it (one refused for a
+        // passing reason, or a 403, waits there and is retried instead).
         h.api
             .expect_within(GRACE * 2, Method::POST, EVENTS)
             .await
-            .respond(403, fixtures::status(403, "Forbidden"));
+            .respond(422, fixtures::status(422, "Invalid"));
         h.api.expect_silence().await;
         let refused = Instant::now();
         expect_warning_within(&mut h.api, RESEND * 2).await;

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub pods_indexed: Gauge,
     pub events_dropped: super::events::Drops,
+    pub events_awaiting_retry: Gauge,
     pub pod_admission_policy_active: Gauge,
     pub tracked_objects: Family<TrackedLabels, Gauge>,
     pub invalid_network_configs: Gauge,
@@ -113,6 +114,7 @@ impl Default for Metrics {
                 reason: reason.label().into(),
             }));
         }
+        let events_awaiting_retry = Gauge::default();
         let pod_admission_policy_active = Gauge::default();
         let tracked_objects = Family::<TrackedLabels, Gauge>::default();
         let invalid_network_configs = Gauge::default();
@@ -214,8 +216,13 @@ impl Default for Metrics {
         );
         registry.register(
             "events_dropped",
-            "Kubernetes Events that never reached the API server, by reason: queue_full (too many waiting), write_failed (refused on every attempt, or for good), shutdown (still queued at the drain deadline on shutdown or on losing the lead)",
+            "Kubernetes Events that never reached the API server, by reason: queue_full (too many waiting), write_failed (refused for good, or a one-off Event refused on every attempt), superseded (a refused note replaced by a newer one for the same object), obsolete (a refused note whose object is gone or whose state was cleared), shutdown (still queued or waiting at the drain deadline on shutdown or on losing the lead)",
             events_dropped.clone(),
+        );
+        registry.register(
+            "events_awaiting_retry",
+            "Notes published only when they change (DeletionBlocked, InvalidNetworkConfig, SecondaryEndpointsUpdated, the Service Warnings, NetworkAttachmentDefinitionNotFound) that the API server refused and that wait for another attempt",
+            events_awaiting_retry.clone(),
         );
         Metrics {
             registry: root,
@@ -235,6 +242,7 @@ impl Default for Metrics {
             invalid_annotations,
             pods_indexed,
             events_dropped,
+            events_awaiting_retry,
             pod_admission_policy_active,
             tracked_objects,
             invalid_network_configs,
@@ -381,7 +389,10 @@ mod tests {
             "nadc_pods_indexed 0",
             "nadc_events_dropped_total{reason=\"queue_full\"} 0",
             "nadc_events_dropped_total{reason=\"write_failed\"} 0",
+            "nadc_events_dropped_total{reason=\"superseded\"} 0",
+            "nadc_events_dropped_total{reason=\"obsolete\"} 0",
             "nadc_events_dropped_total{reason=\"shutdown\"} 0",
+            "nadc_events_awaiting_retry 0",
             "nadc_tracked_objects{controller=\"nad-protection\",map=\"retries\"} 2",
             "nadc_invalid_network_configs 0",
             "nadc_dangling_network_references 0",

@@ -45,7 +45,12 @@ impl Shared {
             instance,
         };
         let shared = Shared {
-            events: events::Outbox::start(client.clone(), reporter, metrics.events_dropped.clone()),
+            events: events::Outbox::start(
+                client.clone(),
+                reporter,
+                metrics.events_dropped.clone(),
+                metrics.events_awaiting_retry.clone(),
+            ),
             client,
             metrics,
             pods: Arc::new(RwLock::new(PodIndex::new())),
@@ -61,6 +66,13 @@ impl Shared {
         let _ = rx.wait_for(|synced| *synced).await;
     }
 
+    /// A new slot of notes published only when they change (one per kind of
+    /// note, such as `DeletionBlocked`): claim a note from it, then publish
+    /// it with `publish_claimed` or `publish_state_change`.
+    pub fn notes<K: events::NoteKey>(&self) -> events::LastNotes<K> {
+        self.events.notes()
+    }
+
     /// Publishes an Event through the Recorder's series (see
     /// `events::Kind::Series`). It is queued: the caller never waits for
     /// the API server, and a failure is logged and counted, never the
@@ -72,8 +84,8 @@ impl Shared {
 
     /// As `publish`, for a note claimed from a `LastNotes`
     /// (`LastNotes::claim`): the note counts as sent once the API server has
-    /// accepted the Event, and a dropped one is published again on the next
-    /// claim of the same note.
+    /// accepted the Event; a refused one waits and is tried again until
+    /// accepted, superseded by a newer claim, or forgotten (see `events`).
     pub fn publish_claimed(
         &self,
         event: Event,
