@@ -93,6 +93,11 @@ bench-scale *ARGS:
     cargo build --release --bin k8s-net-attach-def-controller
     cargo run --release -p nadc-e2e --bin bench-scale -- {{ARGS}}
 
+# Soak against the current KUBECONFIG: waves of pods, NADs and Services created and deleted; RSS and every per-object map after each (see docs/benchmarks.md, Soak).
+bench-soak *ARGS:
+    cargo build --release --bin k8s-net-attach-def-controller
+    cargo run --release -p nadc-e2e --bin bench-soak -- {{ARGS}}
+
 # Wall time and peak RSS of `plan --live` (release build) over N pods, against the current KUBECONFIG (no operator; see docs/benchmarks.md).
 bench-plan-live *ARGS:
     cargo build --release --bin k8s-net-attach-def-controller

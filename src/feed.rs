@@ -56,6 +56,15 @@ impl ProblemLog {
             .filter(|p| seen.insert(p.value_hash))
             .collect()
     }
+
+    /// Pods with a reported problem on record.
+    pub fn len(&self) -> usize {
+        self.reported.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reported.is_empty()
+    }
 }
 
 pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
@@ -83,6 +92,9 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
             let was_synced = index.is_synced();
             let changes = index.apply_watcher_event(event);
             shared.metrics.pods_indexed.set(index.len() as i64);
+            shared
+                .metrics
+                .tracked(names::POD_FEED, "nads_used", index.nads_used());
             (changes, !was_synced && index.is_synced())
         };
         for change in &changes {
@@ -93,6 +105,9 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
                 report_problem(&shared, change, problem);
             }
         }
+        shared
+            .metrics
+            .tracked(names::POD_FEED, "annotation_problems", problems.len());
         if relisted {
             if first_sync {
                 info!(pods = shared.pods.read().unwrap().len(), "pod index synced");

@@ -253,6 +253,11 @@ impl PodIndex {
         self.len == 0
     }
 
+    /// How many NADs some pod uses.
+    pub fn nads_used(&self) -> usize {
+        self.users.len()
+    }
+
     /// Every NAD some pod uses (for metrics and `plan`).
     pub fn used_nads(&self) -> impl Iterator<Item = &ObjectKey> {
         self.users.keys()

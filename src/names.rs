@@ -113,3 +113,5 @@ pub const DEFAULT_MULTUS_NAMESPACE: &str = "kube-system";
 /// Controller names, used in metrics labels and span names.
 pub const PROTECTION_CONTROLLER: &str = "nad-protection";
 pub const ENDPOINTS_CONTROLLER: &str = "secondary-endpoints";
+/// The pod watch that feeds both controllers (`feed`), in metrics labels.
+pub const POD_FEED: &str = "pod-feed";

@@ -9,6 +9,7 @@
 //! write `network-status` and the Ready condition themselves.
 
 pub mod admission;
+pub mod bench;
 pub mod dashboard;
 pub mod operator;
 

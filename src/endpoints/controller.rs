@@ -85,9 +85,8 @@ impl Context {
     }
 
     /// Entries of each map kept per Service, by the name
-    /// `nadc_tracked_objects` gives it. (The three `LastNotes` tell no
-    /// size.)
-    pub fn tracked(&self) -> [(&'static str, usize); 3] {
+    /// `nadc_tracked_objects` gives it.
+    pub fn tracked(&self) -> [(&'static str, usize); 6] {
         [
             ("slice_writes", self.tracker.lock().unwrap().len()),
             (
@@ -95,6 +94,9 @@ impl Context {
                 self.mirroring_stopped.lock().unwrap().len(),
             ),
             ("retries", self.retries.len()),
+            ("opt_in_warning_notes", self.last_warning.len()),
+            ("foreign_slices_notes", self.last_foreign.len()),
+            ("endpoints_updated_notes", self.last_updated.len()),
         ]
     }
 
@@ -110,7 +112,12 @@ impl Context {
     }
 
     pub(super) fn report_tracked(&self) {
-        for (map, entries) in self.tracked() {
+        // The slice caches follow their watches, not `forget`; shown beside.
+        let caches = [
+            ("our_slices", self.slices.len()),
+            ("other_slices", self.others.len()),
+        ];
+        for (map, entries) in self.tracked().into_iter().chain(caches) {
             self.shared
                 .metrics
                 .tracked(names::ENDPOINTS_CONTROLLER, map, entries);
@@ -680,6 +687,9 @@ mod tests {
             ("slice_writes", 0),
             ("mirroring_stopped", 0),
             ("retries", 0),
+            ("opt_in_warning_notes", 0),
+            ("foreign_slices_notes", 0),
+            ("endpoints_updated_notes", 0),
         ]
     }
 
@@ -747,7 +757,10 @@ mod tests {
             [
                 ("slice_writes", 1),
                 ("mirroring_stopped", 1),
-                ("retries", 0)
+                ("retries", 0),
+                ("opt_in_warning_notes", 0),
+                ("foreign_slices_notes", 1),
+                ("endpoints_updated_notes", 1),
             ]
         );
         // the foreign Warning and the endpoint count

@@ -107,6 +107,15 @@ impl NadConfigs {
     }
 
     /// NADs whose config is invalid.
+    /// NADs with a verdict on record.
+    pub fn len(&self) -> usize {
+        self.checked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checked.is_empty()
+    }
+
     pub fn invalid(&self) -> usize {
         self.invalid
     }

@@ -134,12 +134,15 @@ impl Context {
     }
 
     /// Entries of each map kept per NAD, by the name `nadc_tracked_objects`
-    /// gives it. (`last_blocked` and `last_invalid_config`, `LastNotes`,
-    /// tell no size; the config verdicts follow the NAD watch.)
-    pub fn tracked(&self) -> [(&'static str, usize); 2] {
+    /// gives it. (The dangling-reference report keeps its own, see
+    /// `references`.)
+    pub fn tracked(&self) -> [(&'static str, usize); 5] {
         [
             ("nad_writes", self.writes.lock().unwrap().len()),
             ("retries", self.retries.len()),
+            ("deletion_blocked_notes", self.last_blocked.len()),
+            ("invalid_config_notes", self.last_invalid_config.len()),
+            ("nad_configs", self.configs.lock().unwrap().len()),
         ]
     }
 
@@ -255,7 +258,7 @@ pub async fn reconcile(nad: Arc<NadMeta>, ctx: Arc<Context>) -> Result<Action> {
         }
         Decision::Blocked { users } => {
             let _slot = slot().await;
-            report_blocked(&ctx, &nad, &users).await;
+            report_blocked(&ctx, &nad, &state, &users).await;
             Action::requeue(BLOCKED_RECHECK)
         }
         Decision::ConfirmRelease | Decision::ConfirmEarlyRelease => {
@@ -511,7 +514,7 @@ async fn release(ctx: &Context, nad: &NadMeta, cached: &NadState) -> Result<bool
 /// deletion of it is blocked, so a DeletionBlocked Warning would be false.
 async fn still_used(ctx: &Context, nad: &NadMeta, state: &NadState, users: &[ObjectKey]) {
     if state.deleting {
-        report_blocked(ctx, nad, users).await;
+        report_blocked(ctx, nad, state, users).await;
     } else {
         debug!(
             users = users.len(),
@@ -549,7 +552,18 @@ fn report_config(ctx: &Context, nad: &NadMeta, state: &NadState) {
     }
 }
 
-async fn report_blocked(ctx: &Context, nad: &NadMeta, users: &[ObjectKey]) {
+/// Warns that `users` block the NAD's deletion, once per set of users.
+/// Not while its namespace is being deleted: that deletion removes the pods
+/// too, so nothing is blocked for long, and the namespace refuses new
+/// objects, the Event among them (it would only be dropped and counted).
+async fn report_blocked(ctx: &Context, nad: &NadMeta, state: &NadState, users: &[ObjectKey]) {
+    if state.namespace_terminating {
+        debug!(
+            users = users.len(),
+            "deletion waits for pods that the namespace's deletion removes"
+        );
+        return;
+    }
     let key = ObjectKey::of(nad);
     let message = decide::blocked_message(users);
     if let Some(receipt) = ctx.last_blocked.claim(&key, &message) {
@@ -1052,7 +1066,13 @@ mod tests {
     }
 
     fn nothing_tracked() -> Vec<(&'static str, usize)> {
-        vec![("nad_writes", 0), ("retries", 0)]
+        vec![
+            ("nad_writes", 0),
+            ("retries", 0),
+            ("deletion_blocked_notes", 0),
+            ("invalid_config_notes", 0),
+            ("nad_configs", 0),
+        ]
     }
 
     /// The last DeletionBlocked note the API server accepted for `key`,
@@ -1127,7 +1147,14 @@ mod tests {
         error_policy(nad_meta(&obj), &err, ctx.clone());
         let key = ObjectKey::new("default", "foo-network");
         assert!(blocked_note_sent(&ctx, &key).await.is_some());
-        assert_eq!(tracked(&ctx), [("nad_writes", 0), ("retries", 1)]);
+        assert_eq!(
+            tracked(&ctx)[..3],
+            [
+                ("nad_writes", 0),
+                ("retries", 1),
+                ("deletion_blocked_notes", 1)
+            ]
+        );
 
         let other = ObjectKey::new("default", "other");
         forget_departed(&ctx, futures::stream::iter([other])).await;
@@ -1447,6 +1474,36 @@ mod tests {
             json!({"op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER]})
         );
         assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_deletion_blocked_by_its_namespace_own_pods_draws_no_warning() {
+        // The namespace is being deleted, with the NAD and its user in it:
+        // the namespace's deletion removes the pod too, and refuses Events.
+        let (ctx, mut api) = context_in(&[demo_pod("Running")], &[("default", true)]);
+        let obj = nad(true, &[names::FINALIZER]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx.clone()));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(BLOCKED_RECHECK)
+        );
+        api.expect_silence().await;
+        assert_eq!(ctx.last_blocked.len(), 0, "no note claimed");
+
+        // The same NAD in a namespace that stays: its deletion is blocked,
+        // and says so.
+        let (ctx, mut api) = context_in(&[demo_pod("Running")], &[("default", false)]);
+        let task = tokio::spawn(reconcile(nad_meta(&obj), ctx));
+        api.expect_admission_mark("default.foo-network", names::REFUSAL_BEING_DELETED)
+            .await;
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], names::reasons::DELETION_BLOCKED);
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(BLOCKED_RECHECK)
+        );
     }
 
     #[tokio::test]

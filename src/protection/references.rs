@@ -133,10 +133,20 @@ impl Reporter {
         for r in self.tracker.due(Instant::now(), GRACE) {
             self.publish(&r);
         }
-        self.shared
-            .metrics
+        let metrics = &self.shared.metrics;
+        metrics
             .dangling_network_references
             .set(self.tracker.len() as i64);
+        metrics.tracked(
+            names::PROTECTION_CONTROLLER,
+            "dangling_references",
+            self.tracker.len(),
+        );
+        metrics.tracked(
+            names::PROTECTION_CONTROLLER,
+            "dangling_reference_notes",
+            self.notes.len(),
+        );
     }
 }
 

@@ -15,11 +15,14 @@ use nadc::endpoints::controller::CONCURRENCY;
 use nadc::model::NetworkAttachmentDefinition;
 use nadc::names;
 use nadc::runtime::config::{DEFAULT_LIST_PAGE_SIZE, DEFAULT_MAX_ENDPOINTS_PER_SLICE};
-use nadc_e2e::operator::{binary, http_get, spawn_tied};
+use nadc_e2e::bench::{
+    machine_busy_cpu_seconds, memory, metric, peak_rss_mib, process_cpu_seconds, rss_mib,
+    spawn_operator,
+};
+use nadc_e2e::operator::http_get;
 use nadc_e2e::{TestNs, status_entries};
 use serde_json::json;
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -299,38 +302,6 @@ async fn graceful_namespace_deletion(
     Ok(gone)
 }
 
-/// The sum of one metric family's samples.
-async fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
-    let (_, body) = http_get(addr, "/metrics")
-        .await
-        .context("scrape /metrics")?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    rss_field_mib(pid, "VmHWM:")
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    rss_field_mib(pid, "VmRSS:")
-}
-
-fn rss_field_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 /// When a watch first saw `key` (recorded in `seen`), polled every 5 ms;
 /// None if not within 60 s of `sent`.
 async fn first_sighting(
@@ -347,46 +318,6 @@ async fn first_sighting(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// CPU time a process has used so far (user + system), in seconds.
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // after the command's closing parenthesis: field 3 (state) onwards
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((ticks(11)? + ticks(12)?) / CLOCK_TICKS)
-}
-
-/// CPU time the whole machine has spent busy so far (every core), in seconds.
-fn machine_busy_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<f64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal: all but idle and iowait
-    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum();
-    Some(busy / CLOCK_TICKS)
-}
-
-/// USER_HZ, the unit of /proc's CPU times (100 on every Linux we run on).
-const CLOCK_TICKS: f64 = 100.0;
-
-/// The process's memory now: resident (split into the binary's and other
-/// mapped files' pages and anonymous memory, i.e. mostly heap and stacks)
-/// and the high-water mark so far, in MiB. Taken at the end of each phase,
-/// the high-water mark shows which phase set the peak.
-fn memory(pid: u32) -> serde_json::Value {
-    json!({
-        "rss_mib": rss_mib(pid),
-        "rss_file_mib": rss_field_mib(pid, "RssFile:"),
-        "rss_anon_mib": rss_field_mib(pid, "RssAnon:"),
-        "peak_rss_mib": peak_rss_mib(pid),
-    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -546,26 +477,8 @@ async fn main() -> anyhow::Result<()> {
         list_floor.pods, list_floor.pages, list_floor.took, create_floor.slices, create_floor.took
     );
 
-    let log = std::env::temp_dir().join(format!("nadc-bench-operator-{}.log", std::process::id()));
     let start = Instant::now();
-    let mut cmd = Command::new(binary());
-    cmd.args([
-        "run",
-        "--leader-elect",
-        "off",
-        "--http-addr",
-        &args.http_addr,
-    ])
-    // BENCH_OPERATOR_LOG=info keeps the operator's log for a closer look.
-    .env(
-        "RUST_LOG",
-        std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
-    )
-    .stdout(std::fs::File::create(&log)?)
-    .stderr(Stdio::inherit());
-    // Tied to this process: it dies with the benchmark, however that ends.
-    let mut operator = spawn_tied(cmd)
-        .context("start the operator (cargo build --release first; E2E_BINARY picks the binary)")?;
+    let (mut operator, log) = spawn_operator(&args.http_addr)?;
     let pid = operator.id();
     let machine_cpu_at_start = machine_busy_cpu_seconds();
     let metrics_log = args

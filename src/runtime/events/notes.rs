@@ -149,6 +149,15 @@ impl<K: NoteKey> NoteLedger<K> {
         }
     }
 
+    /// Objects with a note on record (accepted, or claimed and unsettled).
+    pub fn len(&self) -> usize {
+        self.notes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.notes.is_empty()
+    }
+
     /// The last note of `key` the API server accepted.
     pub fn sent(&self, key: &K) -> Option<&str> {
         let state = self.notes.get(key)?;
@@ -229,6 +238,15 @@ impl<K: NoteKey> LastNotes<K> {
         if let Some(old) = obsolete {
             self.waits.dropped(&old, DropReason::Obsolete);
         }
+    }
+
+    /// Objects with a note on record (`NoteLedger::len`).
+    pub fn len(&self) -> usize {
+        self.ledger.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The last note of `key` the API server accepted.
