@@ -216,7 +216,7 @@ impl Default for Metrics {
         );
         registry.register(
             "events_dropped",
-            "Kubernetes Events that never reached the API server, by reason: queue_full (too many waiting), write_failed (refused for good, or a one-off Event refused on every attempt), superseded (a refused note replaced by a newer one for the same object), obsolete (a refused note whose object is gone or whose state was cleared), shutdown (still queued or waiting at the drain deadline on shutdown or on losing the lead)",
+            "Kubernetes Events that never reached the API server, by reason: queue_full (too many waiting), write_failed (refused for good, or a one-off Event refused on every attempt), superseded (a queued or refused note replaced by a newer one for the same object), obsolete (a queued or refused note whose object is gone or whose state was cleared), shutdown (still queued or waiting at the drain deadline on shutdown or on losing the lead), namespace_terminating (refused by a namespace being deleted, which takes its objects' Events with it)",
             events_dropped.clone(),
         );
         registry.register(

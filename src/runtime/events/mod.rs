@@ -48,7 +48,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
-use refusal::{Verdict, after_refusal, refusal_of, retry_one_off};
+use refusal::{Refusal, Verdict, after_refusal, refusal_of, retry_one_off};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -113,15 +113,19 @@ pub enum DropReason {
     /// Still queued, in flight or waiting when the outbox drained on
     /// shutdown or on losing the lead, or published after.
     Shutdown,
+    /// Refused because its object's namespace is being deleted: the
+    /// namespace takes no new objects, and would take the Event with it.
+    NamespaceTerminating,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::QueueFull,
         DropReason::WriteFailed,
         DropReason::Superseded,
         DropReason::Obsolete,
         DropReason::Shutdown,
+        DropReason::NamespaceTerminating,
     ];
 
     pub fn label(self) -> &'static str {
@@ -131,6 +135,7 @@ impl DropReason {
             DropReason::Superseded => "superseded",
             DropReason::Obsolete => "obsolete",
             DropReason::Shutdown => "shutdown",
+            DropReason::NamespaceTerminating => "namespace_terminating",
         }
     }
 }
@@ -405,6 +410,15 @@ impl Lane {
     /// Sends a new Event: a one-off is retried at once while the refusal
     /// passes; a change-only note that is refused waits (`refused`).
     async fn deliver(&self, item: Item) {
+        // A note that a newer one replaced while it was queued, or whose
+        // object was forgotten, is not sent: under churn the queue would
+        // fill with notes nobody needs (a Service's count as each of its
+        // pods came), and the current one wait behind them.
+        if let Some(why) = item.receipt.as_ref().and_then(Receipt::out_of_date) {
+            count_drop(&self.dropped, why);
+            tracing::debug!(reason = %item.event.reason, object = ?item.regarding.name, dropped = why.label(), "a queued note is out of date; not sent");
+            return;
+        }
         if item.receipt.is_some() {
             let parked = Parked {
                 item,
@@ -421,14 +435,19 @@ impl Lane {
             })
             .await;
         if let Err(error) = result {
-            count_drop(&self.dropped, DropReason::WriteFailed);
-            tracing::warn!(reason = %item.event.reason, object = ?item.regarding.name, %error, "could not publish event; the Event is dropped");
+            if refusal_of(&error) == Refusal::NamespaceTerminating {
+                count_drop(&self.dropped, DropReason::NamespaceTerminating);
+                tracing::debug!(reason = %item.event.reason, object = ?item.regarding.name, "its namespace is being deleted; the Event is dropped");
+            } else {
+                count_drop(&self.dropped, DropReason::WriteFailed);
+                tracing::warn!(reason = %item.event.reason, object = ?item.regarding.name, %error, "could not publish event; the Event is dropped");
+            }
         }
     }
 
-    /// One attempt at a change-only note. A new one goes even if a newer
-    /// note is queued behind it (the Events keep its history); a waiting
-    /// one is still current, or it would have left the waiting notes.
+    /// One attempt at a change-only note: a new one was current when it was
+    /// taken from the queue (`deliver`); a waiting one is still current, or
+    /// it would have left the waiting notes.
     async fn attempt(&self, mut parked: Parked) {
         match self.write(&parked.item).await {
             Ok(()) => {
@@ -992,7 +1011,9 @@ mod tests {
         api.expect(Method::POST, EVENTS_PATH)
             .await
             .respond(403, terminating);
-        until(|| drops(&dropped, DropReason::WriteFailed) == 2).await;
+        // counted apart: every namespace's deletion refuses a few
+        until(|| drops(&dropped, DropReason::NamespaceTerminating) == 1).await;
+        assert_eq!(drops(&dropped, DropReason::WriteFailed), 1);
         assert_eq!(waiting.get(), 0);
         silent_for(&mut api, Duration::from_secs(120)).await;
         assert_eq!(notes.sent(&key("a")), None);
@@ -1129,9 +1150,10 @@ mod tests {
     async fn what_cannot_be_sent_by_the_drain_deadline_is_counted_as_shutdown() {
         let (client, mut api) = mock_client();
         let (outbox, dropped, _) = start(client);
-        let notes = outbox.notes();
-        for i in 0..4 {
-            publish_note(&outbox, &notes, "a", &format!("note {i}"));
+        // four kinds of note on one object: one lane, and each note current
+        let notes: Vec<LastNotes> = (0..4).map(|_| outbox.notes()).collect();
+        for (i, notes) in notes.iter().enumerate() {
+            publish_note(&outbox, notes, "a", &format!("note {i}"));
         }
         let start = tokio::time::Instant::now();
         let drain = tokio::spawn({
@@ -1146,8 +1168,44 @@ mod tests {
         assert_eq!(drain.await.unwrap(), Drained { unsent: 3 });
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         assert_eq!(drops(&dropped, DropReason::Shutdown), 3);
-        assert_eq!(notes.sent(&key("a")).as_deref(), Some("note 0"));
+        assert_eq!(notes[0].sent(&key("a")).as_deref(), Some("note 0"));
         drop(stuck);
+    }
+
+    /// Notes replaced while queued are not sent: only the object's current
+    /// one goes, and the others count as superseded; those of an object
+    /// forgotten meanwhile count as obsolete.
+    #[tokio::test(start_paused = true)]
+    async fn queued_notes_out_of_date_are_not_sent() {
+        let (client, mut api) = mock_client();
+        let (outbox, dropped, _) = start(client);
+        let notes = outbox.notes();
+        publish_note(&outbox, &notes, "a", "1 endpoint");
+        let first = api.expect(Method::POST, EVENTS_PATH).await;
+        assert_eq!(first.body["note"], "1 endpoint");
+        // while the first is in flight, the count moves on three times
+        for n in 2..=4 {
+            publish_note(&outbox, &notes, "a", &format!("{n} endpoints"));
+        }
+        let body = first.body.clone();
+        first.respond(201, body);
+        let current = api.expect_event("default").await;
+        assert_eq!(current["note"], "4 endpoints");
+        until(|| drops(&dropped, DropReason::Superseded) == 2).await;
+        until(|| notes.sent(&key("a")).as_deref() == Some("4 endpoints")).await;
+
+        // queued behind an Event in flight, then its object is forgotten
+        publish_note(&outbox, &notes, "b", "1 endpoint");
+        let held = api.expect(Method::POST, EVENTS_PATH).await;
+        publish_note(&outbox, &notes, "a", "5 endpoints");
+        notes.forget(&key("a"));
+        let body = held.body.clone();
+        held.respond(201, body);
+        until(|| drops(&dropped, DropReason::Obsolete) == 1).await;
+        silent_for(&mut api, Duration::from_secs(120)).await;
+        for reason in [DropReason::WriteFailed, DropReason::QueueFull] {
+            assert_eq!(drops(&dropped, reason), 0, "{reason:?}");
+        }
     }
 
     #[tokio::test]

@@ -318,6 +318,16 @@ impl Receipt {
         }
     }
 
+    /// Why its note is no longer worth sending: a newer one was claimed for
+    /// the same object and slot, or the object's notes were forgotten. None
+    /// while it is current, or for an Event that is no note.
+    pub(super) fn out_of_date(&self) -> Option<DropReason> {
+        let claim = self.0.as_ref()?;
+        let mut standing = None;
+        claim.with_standing(&mut |s| standing = Some(s));
+        standing?.drop_reason()
+    }
+
     /// Its claim, apart from the receipt.
     pub(super) fn handle(&self) -> Option<Box<dyn Settle>> {
         self.0.as_ref().map(|claim| claim.handle())

@@ -14,9 +14,12 @@ pub enum Refusal {
     /// Not allowed (403, 401): the writer's permission or credentials may
     /// come back (a ClusterRole restored, a token renewed).
     Forbidden,
+    /// Its namespace is being deleted (403 with the `NamespaceTerminating`
+    /// cause): it takes no new objects, and would take the Event with it.
+    /// Expected whenever a namespace goes, so told apart from `ForGood`.
+    NamespaceTerminating,
     /// Never to be accepted as sent: invalid (400, 422), its namespace gone
-    /// (404) or being deleted (403 with the `NamespaceTerminating` cause), or
-    /// any other refusal.
+    /// (404), or any other refusal.
     ForGood,
 }
 
@@ -46,7 +49,8 @@ pub fn refusal_of(error: &kube::Error) -> Refusal {
 pub fn refusal_by_code(code: u16, namespace_terminating: bool) -> Refusal {
     match code {
         500.. | 408 | 409 | 429 => Refusal::Passing,
-        401 | 403 if !namespace_terminating => Refusal::Forbidden,
+        _ if namespace_terminating => Refusal::NamespaceTerminating,
+        401 | 403 => Refusal::Forbidden,
         _ => Refusal::ForGood,
     }
 }
@@ -101,6 +105,7 @@ pub fn after_refusal(refusal: Refusal, standing: Standing) -> Verdict {
     }
     match refusal {
         Refusal::ForGood => Verdict::Drop(DropReason::WriteFailed),
+        Refusal::NamespaceTerminating => Verdict::Drop(DropReason::NamespaceTerminating),
         Refusal::Passing | Refusal::Forbidden => Verdict::Retry,
     }
 }
@@ -147,14 +152,18 @@ mod tests {
     /// The answer Kubernetes' NamespaceLifecycle admission gives to a create
     /// in a namespace being deleted: a 403 that no permission changes.
     #[test]
-    fn a_namespace_being_deleted_refuses_for_good() {
+    fn a_namespace_being_deleted_is_a_refusal_of_its_own() {
         let mut body = status(403, "Forbidden");
         body["details"] = serde_json::json!({"causes": [{
             "reason": "NamespaceTerminating",
             "message": "namespace demo is being terminated",
             "field": "metadata.namespace",
         }]});
-        assert_eq!(refusal_of(&api(body)), Refusal::ForGood);
+        assert_eq!(refusal_of(&api(body)), Refusal::NamespaceTerminating);
+        assert_eq!(
+            after_refusal(Refusal::NamespaceTerminating, Standing::Current),
+            Verdict::Drop(DropReason::NamespaceTerminating)
+        );
     }
 
     #[test]
@@ -162,12 +171,14 @@ mod tests {
         assert!(retry_one_off(Refusal::Passing));
         assert!(!retry_one_off(Refusal::Forbidden));
         assert!(!retry_one_off(Refusal::ForGood));
+        assert!(!retry_one_off(Refusal::NamespaceTerminating));
     }
 
     fn refusals() -> impl Strategy<Value = Refusal> {
         prop_oneof![
             Just(Refusal::Passing),
             Just(Refusal::Forbidden),
+            Just(Refusal::NamespaceTerminating),
             Just(Refusal::ForGood)
         ]
     }
@@ -195,6 +206,9 @@ mod tests {
             let expected = match (standing, retriable) {
                 (Standing::Superseded, _) => Verdict::Drop(DropReason::Superseded),
                 (Standing::Obsolete, _) => Verdict::Drop(DropReason::Obsolete),
+                (Standing::Current, false) if refusal == Refusal::NamespaceTerminating => {
+                    Verdict::Drop(DropReason::NamespaceTerminating)
+                }
                 (Standing::Current, false) => Verdict::Drop(DropReason::WriteFailed),
                 (Standing::Current, true) => Verdict::Retry,
             };
@@ -204,7 +218,13 @@ mod tests {
             let by_code = refusal_by_code(code, false);
             let listed = code >= 500 || [401, 403, 408, 409, 429].contains(&code);
             prop_assert_eq!(by_code != Refusal::ForGood, listed, "{}", code);
-            prop_assert_eq!(refusal_by_code(code, true) == Refusal::Forbidden, false);
+            // With the cause, every code that does not pass says so.
+            let terminating = refusal_by_code(code, true);
+            prop_assert_eq!(
+                terminating,
+                if by_code == Refusal::Passing { Refusal::Passing } else { Refusal::NamespaceTerminating },
+                "{}", code
+            );
         }
     }
 }
