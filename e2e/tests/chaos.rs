@@ -141,6 +141,16 @@ struct Chaos {
     /// Pods with a network-status or status write in flight (one at a time
     /// per pod, so that the record is the server's last write).
     busy: Mutex<BTreeSet<String>>,
+    /// Pods the test may have put in a terminal phase (Succeeded or Failed,
+    /// taken or maybe taken by the server): a kubelet never moves a pod out
+    /// of one, so neither does the test. (The API server would take it.
+    /// The operator, like Kubernetes' pvc-protection, counts a terminal
+    /// pod as no user: a NAD released while its pod was Failed, then
+    /// deleted after the test made that pod Running again, would be a
+    /// violation of the test's own making.)
+    terminal: Mutex<BTreeSet<String>>,
+    /// The phases the test wrote to each pod, in order, for the report.
+    phases: Mutex<HashMap<String, Vec<&'static str>>>,
     /// The opted-in Services: (namespace, name, network `ns/name`,
     /// publishNotReadyAddresses).
     services: Vec<(String, String, String, bool)>,
@@ -237,9 +247,22 @@ impl Chaos {
             _ => return,
         };
         let key = format!("{ns}/{pod}");
+        if self.terminal.lock().unwrap().contains(&key) {
+            return;
+        }
         if !self.busy.lock().unwrap().insert(key.clone()) {
             return;
         }
+        if matches!(phase, "Succeeded" | "Failed") {
+            // Before the write: from the moment it may be taken.
+            self.terminal.lock().unwrap().insert(key.clone());
+        }
+        self.phases
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .push(phase);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let mut status = json!({"status": {"phase": phase}});
         let mut attached = None;
@@ -761,12 +784,18 @@ async fn check_deletion(c: &Chaos, nad_ns: &str, nad: &str, rv: &str) {
                 .is_some_and(|named| named.contains(&key));
             if names_it && !terminal(&pod) {
                 let released = c.released.lock().unwrap().get(&key).cloned();
+                let annotation = |name: &str| pod.annotations().get(name).cloned();
+                let phases = c.phases.lock().unwrap().get(&pod_key).cloned();
                 c.violation(format!(
-                    "{key} deleted at resourceVersion {rv} while pod {pod_key} (uid {:?}, phase {:?}, created {:?}, resourceVersion {:?}) named it; finalizer last seen removed at {released:?} (rv, s)",
+                    "{key} deleted at resourceVersion {rv} while pod {pod_key} (uid {:?}, phase {:?}, created {:?}, deleted {:?}, resourceVersion {:?}) named it; finalizer last seen removed at {released:?} (rv, s); phases the test wrote {phases:?}; its networks {:?}, default-network {:?}, network-status {:?}",
                     pod.metadata.uid,
                     pod.status.as_ref().and_then(|s| s.phase.clone()),
                     pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+                    pod.metadata.deletion_timestamp.as_ref().map(|t| t.0.to_string()),
                     pod.metadata.resource_version,
+                    annotation(NETWORKS),
+                    annotation(DEFAULT_NETWORK),
+                    annotation(NETWORK_STATUS),
                 ));
             }
         }
@@ -1059,6 +1088,8 @@ async fn chaos_no_nad_in_use_disappears() {
         attached: Mutex::default(),
         uncertain: Mutex::default(),
         busy: Mutex::default(),
+        terminal: Mutex::default(),
+        phases: Mutex::default(),
         services: services.clone(),
         addresses: AtomicU64::new(0),
         slices_seen: Mutex::default(),
