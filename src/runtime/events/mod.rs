@@ -510,7 +510,12 @@ impl Lane {
             }
             Some(Outcome::Dropped(parked, why)) => {
                 count_drop(&self.dropped, why);
-                tracing::warn!(%reason, ?object, %error, dropped = why.label(), "could not publish event; the note is dropped");
+                if why == DropReason::WriteFailed {
+                    tracing::warn!(%reason, ?object, %error, dropped = why.label(), "could not publish event; the note is dropped");
+                } else {
+                    // Nothing is lost that `kubectl describe` would show.
+                    tracing::debug!(%reason, ?object, %error, dropped = why.label(), "could not publish event; the note is dropped");
+                }
                 drop(parked);
             }
             None => {}
