@@ -3,6 +3,8 @@
 //! locally and reports convergence time, update latency, API writes in steady
 //! state and per pod change, and peak RSS. `just bench-scale`.
 
+#![recursion_limit = "256"]
+
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
@@ -16,7 +18,7 @@ use nadc::model::NetworkAttachmentDefinition;
 use nadc::names;
 use nadc::runtime::config::{DEFAULT_LIST_PAGE_SIZE, DEFAULT_MAX_ENDPOINTS_PER_SLICE};
 use nadc_e2e::bench::{
-    machine_busy_cpu_seconds, memory, metric, peak_rss_mib, process_cpu_seconds, rss_mib,
+    machine_busy_cpu_seconds, memory, metric, peak_rss_mib, process_cpu_seconds, rss_mib, samples,
     spawn_operator,
 };
 use nadc_e2e::operator::http_get;
@@ -181,6 +183,21 @@ async fn writes(addr: &str) -> anyhow::Result<f64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// The writes `writes` sums, by family and labels.
+async fn writes_by_kind(addr: &str) -> anyhow::Result<HashMap<String, f64>> {
+    let mut out = HashMap::new();
+    for family in [
+        "nadc_endpointslice_writes_total",
+        "nadc_finalizer_writes_total",
+        "nadc_in_use_marker_writes_total",
+    ] {
+        for (labels, v) in samples(addr, family).await? {
+            out.insert(format!("{family}{{{labels}}}"), v);
+        }
+    }
+    Ok(out)
 }
 
 /// Waits until exactly `want` of these NADs carry the in-use label.
@@ -575,8 +592,19 @@ async fn main() -> anyhow::Result<()> {
         phase("2 steady state");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = writes(&args.http_addr).await?;
+        let by_kind_before = writes_by_kind(&args.http_addr).await?;
         tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
         let steady_writes = writes(&args.http_addr).await? - before;
+        // Which writes, if any: family and verb.
+        let steady_writes_by_kind: serde_json::Map<String, serde_json::Value> =
+            writes_by_kind(&args.http_addr)
+                .await?
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let d = v - by_kind_before.get(&k).copied().unwrap_or(0.0);
+                    (d != 0.0).then(|| (k, json!(d)))
+                })
+                .collect();
         memory_by_phase.insert("2_steady_state".into(), memory(pid));
 
         // 3. single-pod changes: latency to the slice, and writes per change
@@ -771,6 +799,7 @@ async fn main() -> anyhow::Result<()> {
             "samples": latencies.len(),
             "steady_state_seconds": args.steady_seconds,
             "steady_state_writes": steady_writes,
+            "steady_state_writes_by_kind": steady_writes_by_kind,
             "max_writes_per_pod_change": max_writes_per_change,
             "cold_start_nad_patches": cold_start_nad_patches,
             "mass_deletion_nads": args.nads,
