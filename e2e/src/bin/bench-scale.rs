@@ -116,7 +116,14 @@ struct CreateFloor {
     slices: usize,
 }
 
-async fn floor_slice_creates(client: &Client, args: &Args) -> anyhow::Result<CreateFloor> {
+/// With `watched`, a watch of the scratch namespace's slices runs
+/// meanwhile and decodes each, as the operator's own watch of the slices it
+/// writes does: the API server then also sends every create to a watcher.
+async fn floor_slice_creates(
+    client: &Client,
+    args: &Args,
+    watched: bool,
+) -> anyhow::Result<CreateFloor> {
     use kube::api::{DeleteParams, PostParams};
     let scratch = TestNs::new(client, "bench-floor").await;
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &scratch.ns);
@@ -148,6 +155,14 @@ async fn floor_slice_creates(client: &Client, args: &Args) -> anyhow::Result<Cre
         }
     }
     let n = slices.len();
+    let watch = watched.then(|| {
+        tokio::spawn(
+            watcher(api.clone(), watcher::Config::default())
+                .default_backoff()
+                .touched_objects()
+                .try_for_each(|_| futures::future::ready(Ok(()))),
+        )
+    });
     let start = Instant::now();
     futures::stream::iter(slices)
         .map(|slice| {
@@ -159,6 +174,9 @@ async fn floor_slice_creates(client: &Client, args: &Args) -> anyhow::Result<Cre
         .await
         .context("the floor's slice creates")?;
     let took = start.elapsed();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
         .context("delete the floor's slices")?;
@@ -458,7 +476,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
         .context("create the probe ConfigMap")?;
+    // The relay: what the operator's path costs the API server alone. On
+    // each new value of the probe, this process writes it to a second
+    // ConfigMap at once and times until a watch of that one sees it: a
+    // write reaching a watch, a write in answer, and that reaching a watch,
+    // as a pod change reaches its slice, with no work in between.
+    probes
+        .create(
+            &Default::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "bench-relay"}, "data": {"v": "0"}}),
+            )?,
+        )
+        .await
+        .context("create the relay ConfigMap")?;
+    let relay_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let probe_record = probe_seen.clone();
+    let relay_api = probes.clone();
     let probe_watch = tokio::spawn(
         watcher(
             probes.clone(),
@@ -468,8 +502,40 @@ async fn main() -> anyhow::Result<()> {
         .touched_objects()
         .try_for_each(move |cm| {
             let now = Instant::now();
+            let v = cm.data.as_ref().and_then(|d| d.get("v")).cloned();
+            let fresh = v.as_ref().is_some_and(|v| {
+                let mut seen = probe_record.lock().unwrap();
+                let fresh = !seen.contains_key(v);
+                seen.entry(v.clone()).or_insert(now);
+                fresh
+            });
+            let relay_api = relay_api.clone();
+            async move {
+                if let (true, Some(v)) = (fresh, v) {
+                    let _ = relay_api
+                        .patch(
+                            "bench-relay",
+                            &Default::default(),
+                            &kube::api::Patch::Merge(json!({"data": {"v": v}})),
+                        )
+                        .await;
+                }
+                Ok(())
+            }
+        }),
+    );
+    let relay_record = relay_seen.clone();
+    let relay_watch = tokio::spawn(
+        watcher(
+            probes.clone(),
+            watcher::Config::default().fields("metadata.name=bench-relay"),
+        )
+        .default_backoff()
+        .touched_objects()
+        .try_for_each(move |cm| {
+            let now = Instant::now();
             if let Some(v) = cm.data.as_ref().and_then(|d| d.get("v")) {
-                probe_record.lock().unwrap().entry(v.clone()).or_insert(now);
+                relay_record.lock().unwrap().entry(v.clone()).or_insert(now);
             }
             futures::future::ready(Ok(()))
         }),
@@ -487,7 +553,8 @@ async fn main() -> anyhow::Result<()> {
     // The API server's floor for the cold start, before the operator
     // starts: what no operator with the same client could beat.
     let list_floor = floor_list_pods(&client, DEFAULT_LIST_PAGE_SIZE).await?;
-    let create_floor = floor_slice_creates(&client, &args).await?;
+    let create_floor = floor_slice_creates(&client, &args, false).await?;
+    let watched_create_floor = floor_slice_creates(&client, &args, true).await?;
     let api_floor = list_floor.took + create_floor.took;
     println!(
         "API floor {api_floor:.2?}: LIST of {} pods in {} pages {:.2?}, {} slice creates {:.2?}",
@@ -611,6 +678,7 @@ async fn main() -> anyhow::Result<()> {
         phase("3 single-pod changes");
         let mut latencies = Vec::new();
         let mut hops = Vec::new();
+        let mut relays = Vec::new();
         let mut max_writes_per_change = 0.0f64;
         // The operator's own share of the latency: its reconciles' mean
         // duration over this phase (the rest is the watch and the API).
@@ -646,11 +714,16 @@ async fn main() -> anyhow::Result<()> {
                 bail!("the probe ConfigMap's change never reached its watch");
             };
             hops.push(probe_at.saturating_duration_since(sent));
+            let Some(relayed_at) = first_sighting(&relay_seen, &value, sent).await else {
+                bail!("the relay ConfigMap's change never reached its watch");
+            };
+            relays.push(relayed_at.saturating_duration_since(sent));
             max_writes_per_change =
                 max_writes_per_change.max(writes(&args.http_addr).await? - before);
         }
         latencies.sort();
         hops.sort();
+        relays.sort();
         let reconciles = metric(&args.http_addr, ENDPOINTS_RECONCILES).await? - reconciles_before;
         let mean_reconcile_ms = (metric(&args.http_addr, ENDPOINTS_RECONCILE).await?
             - reconcile_time_before)
@@ -785,6 +858,9 @@ async fn main() -> anyhow::Result<()> {
             "api_floor_slice_creates": create_floor.slices,
             "api_floor_slice_creates_seconds": create_floor.took.as_secs_f64(),
             "api_floor_slice_creates_in_flight": CONCURRENCY,
+            "api_floor_watched_slice_creates_seconds": watched_create_floor.took.as_secs_f64(),
+            "converged_over_api_floor_with_slice_watch": converged.as_secs_f64()
+                / (list_floor.took + watched_create_floor.took).as_secs_f64(),
             "cold_start_pods_indexed_seconds": pods_indexed_at.map(|d| d.as_secs_f64()),
             "pods_indexed_over_list_floor": pods_indexed_at
                 .map(|d| d.as_secs_f64() / list_floor.took.as_secs_f64()),
@@ -795,6 +871,10 @@ async fn main() -> anyhow::Result<()> {
             "api_write_to_watch_p50_ms": percentile(&hops, 0.50).as_secs_f64() * 1000.0,
             "api_write_to_watch_p99_ms": hop_p99 * 1000.0,
             "latency_p99_over_api_p99": percentile(&latencies, 0.99).as_secs_f64() / hop_p99,
+            "api_relay_p50_ms": percentile(&relays, 0.50).as_secs_f64() * 1000.0,
+            "api_relay_p99_ms": percentile(&relays, 0.99).as_secs_f64() * 1000.0,
+            "latency_p99_over_relay_p99": percentile(&latencies, 0.99).as_secs_f64()
+                / percentile(&relays, 0.99).as_secs_f64(),
             "latency_phase_mean_reconcile_ms": mean_reconcile_ms,
             "samples": latencies.len(),
             "steady_state_seconds": args.steady_seconds,
@@ -826,6 +906,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = operator.wait();
     slice_watch.abort();
     probe_watch.abort();
+    relay_watch.abort();
     let report = match result {
         Ok(r) => r,
         Err(e) => {
