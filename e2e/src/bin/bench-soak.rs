@@ -13,7 +13,7 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use nadc::model::NetworkAttachmentDefinition;
 use nadc::names;
 use nadc_e2e::bench::{memory, metric, rss_field_mib, samples, spawn_operator};
@@ -251,7 +251,7 @@ async fn wait_loaded(t: &TestNs, wave: Wave, addr: &str) -> anyhow::Result<()> {
         "the wave's slices and finalizers",
         Duration::from_secs(600),
         || {
-            let (slices, nads, managed) = (&slices, &nads, &managed);
+            let (slices, managed) = (&slices, &managed);
             async move {
                 let endpoints: usize = slices
                     .list(&ListParams::default().labels(managed))
@@ -260,13 +260,7 @@ async fn wait_loaded(t: &TestNs, wave: Wave, addr: &str) -> anyhow::Result<()> {
                     .iter()
                     .map(|s| s.endpoints.len())
                     .sum();
-                let protected = nads
-                    .list_metadata(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|n| n.finalizers().iter().any(|f| f == names::FINALIZER))
-                    .count();
+                let protected = t.protected_nads().await;
                 Ok((endpoints != want || protected != wave.nads).then(|| {
                     format!(
                         "{endpoints} of {want} endpoints, {protected} of {} NADs protected",
@@ -279,31 +273,24 @@ async fn wait_loaded(t: &TestNs, wave: Wave, addr: &str) -> anyhow::Result<()> {
     .await?;
     // The dangling references are reported after their grace (5 s).
     let dangling = wave.dangling_pods() as f64;
-    until(
-        "the dangling references",
-        Duration::from_secs(120),
-        || async move {
-            let n = metric(addr, "nadc_dangling_network_references").await?;
-            Ok((n != dangling).then(|| format!("{n} of {dangling}")))
-        },
-    )
-    .await?;
+    until_metric(addr, "nadc_dangling_network_references", dangling).await?;
     for j in (0..wave.nads).filter(|&j| Wave::deleted_in_use(j)) {
         nads.delete(&format!("net-{j}"), &DeleteParams::default())
             .await
             .context("delete a NAD in use")?;
     }
     let blocked = wave.deleted_nads() as f64;
-    until(
-        "the blocked deletions",
-        Duration::from_secs(120),
-        || async move {
-            let n = metric(addr, "nadc_nad_deletions_blocked").await?;
-            Ok((n != blocked).then(|| format!("{n} of {blocked}")))
-        },
-    )
-    .await?;
+    until_metric(addr, "nadc_nad_deletions_blocked", blocked).await?;
     Ok(())
+}
+
+/// Waits until the operator's metric `name` reads `want`, for at most 120 s.
+async fn until_metric(addr: &str, name: &str, want: f64) -> anyhow::Result<Duration> {
+    until(name, Duration::from_secs(120), || async move {
+        let n = metric(addr, name).await?;
+        Ok((n != want).then(|| format!("{n} of {want}")))
+    })
+    .await
 }
 
 async fn delete_namespace(client: &Client, ns: &str) -> anyhow::Result<Duration> {
