@@ -112,12 +112,9 @@ impl Context {
     }
 
     pub(super) fn report_tracked(&self) {
-        // The slice caches follow their watches, not `forget`; shown beside.
-        let caches = [
-            ("our_slices", self.slices.len()),
-            ("other_slices", self.others.len()),
-        ];
-        for (map, entries) in self.tracked().into_iter().chain(caches) {
+        // (The slice caches, `our_slices` and `other_slices`, are reported
+        // by their watches: `slice_watches`.)
+        for (map, entries) in self.tracked() {
             self.shared
                 .metrics
                 .tracked(names::ENDPOINTS_CONTROLLER, map, entries);
@@ -358,7 +355,12 @@ pub async fn run(
     resync_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let watches = slice_watches(shared.client.clone(), services.store.clone());
+    let metrics = shared.metrics.clone();
+    let watches = slice_watches(
+        shared.client.clone(),
+        services.store.clone(),
+        move |map, entries| metrics.tracked(names::ENDPOINTS_CONTROLLER, map, entries),
+    );
     let ctx = Arc::new(Context::new(shared, watches.ours, watches.others));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
     let slice_refs = watches
@@ -1142,10 +1144,17 @@ mod tests {
             ["hostnames", "plain", "unknown"].map(|svc| Ok(watcher::Event::Apply(slice(svc))));
         let cache = OtherSlices::default();
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        feed_cache(futures::stream::iter(events), cache.clone(), tx, |svc| {
-            is_opted_in(&services, svc)
-        })
+        let reported = std::sync::Mutex::new(Vec::new());
+        feed_cache(
+            futures::stream::iter(events),
+            cache.clone(),
+            tx,
+            |svc| is_opted_in(&services, svc),
+            |n| reported.lock().unwrap().push(n),
+        )
         .await;
+        // the cache's size after each event, for the gauge
+        assert_eq!(*reported.lock().unwrap(), [1, 2, 3]);
         let triggered: Vec<ObjectKey> = rx.collect().await;
         assert_eq!(triggered, [ObjectKey::new("default", "hostnames")]);
         // every slice is cached, filed under its Service

@@ -30,12 +30,15 @@ pub(super) fn is_opted_in(services: &Store<Service>, svc: &ObjectKey) -> bool {
 }
 
 /// Drives one slice watch into its cache, and asks for a reconcile of the
-/// Service of each slice it changes (when `concerns` that Service).
+/// Service of each slice it changes (when `concerns` that Service). After
+/// each event, `report` gets the cache's size (for `nadc_tracked_objects`:
+/// the cache follows its watch, not the reconciles).
 pub(super) async fn feed_cache<K>(
     watch: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     cache: Arc<SliceCache<K>>,
     triggers: futures::channel::mpsc::UnboundedSender<ObjectKey>,
     concerns: impl Fn(&ObjectKey) -> bool,
+    report: impl Fn(usize),
 ) where
     K: kube::Resource + Clone,
 {
@@ -49,6 +52,7 @@ pub(super) async fn feed_cache<K>(
             }
         };
         cache.apply(&event);
+        report(cache.len());
         let touched = match &event {
             watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
                 Some(s)
@@ -123,7 +127,13 @@ pub struct SliceWatches {
     pub feeding: BoxFuture<'static, ()>,
 }
 
-pub fn slice_watches(client: kube::Client, services: Store<Service>) -> SliceWatches {
+/// `report` gets each cache's size by its map name (`our_slices`,
+/// `other_slices`) after each of its watch's events.
+pub fn slice_watches(
+    client: kube::Client,
+    services: Store<Service>,
+    report: impl Fn(&'static str, usize) + Clone + Send + 'static,
+) -> SliceWatches {
     let (slice_triggers, triggered) = futures::channel::mpsc::unbounded();
     let ours = OurSlices::default();
     let our_watch = watcher(
@@ -136,7 +146,14 @@ pub fn slice_watches(client: kube::Client, services: Store<Service>) -> SliceWat
     .modify(|s| {
         s.managed_fields_mut().clear();
     });
-    let feed_ours = feed_cache(our_watch, ours.clone(), slice_triggers.clone(), |_| true);
+    let report_ours = report.clone();
+    let feed_ours = feed_cache(
+        our_watch,
+        ours.clone(),
+        slice_triggers.clone(),
+        |_| true,
+        move |n| report_ours("our_slices", n),
+    );
     // Everyone else's slices, metadata only: enough to classify and delete
     // them, at a fraction of the bytes of whole slices. Only those under an
     // opted-in Service's name concern us.
@@ -152,9 +169,13 @@ pub fn slice_watches(client: kube::Client, services: Store<Service>) -> SliceWat
         s.managed_fields_mut().clear();
         s.annotations_mut().clear();
     });
-    let feed_others = feed_cache(other_watch, others.clone(), slice_triggers, move |svc| {
-        is_opted_in(&services, svc)
-    });
+    let feed_others = feed_cache(
+        other_watch,
+        others.clone(),
+        slice_triggers,
+        move |svc| is_opted_in(&services, svc),
+        move |n| report("other_slices", n),
+    );
     SliceWatches {
         ours,
         others,
