@@ -214,7 +214,9 @@ mod watches {
         let services = crate::endpoints::watch::service_watch(client.clone());
         let store = services.store.clone();
         tasks.push(tokio::spawn(services.events.for_each(|_| async {})));
-        let slices = crate::endpoints::watch::slice_watches(client.clone(), store, |_, _| {});
+        let slices = crate::endpoints::watch::slice_watches(client.clone(), store, |_| {
+            prometheus_client::metrics::gauge::Gauge::default()
+        });
         tasks.push(tokio::spawn(slices.feeding));
         let (nads, _) = futures::channel::mpsc::unbounded();
         let (svcs, _) = futures::channel::mpsc::unbounded();

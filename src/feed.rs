@@ -78,6 +78,10 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
     let multus_ns = shared.settings.multus_namespace.clone();
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
     let mut problems = ProblemLog::default();
+    let nads_used = shared.metrics.tracked_gauge(names::POD_FEED, "nads_used");
+    let problems_kept = shared
+        .metrics
+        .tracked_gauge(names::POD_FEED, "annotation_problems");
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(ev) => crate::relist::map_event(ev, |pod| PodView::new(pod, &multus_ns)),
@@ -92,9 +96,7 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
             let was_synced = index.is_synced();
             let changes = index.apply_watcher_event(event);
             shared.metrics.pods_indexed.set(index.len() as i64);
-            shared
-                .metrics
-                .tracked(names::POD_FEED, "nads_used", index.nads_used());
+            nads_used.set(index.nads_used() as i64);
             (changes, !was_synced && index.is_synced())
         };
         for change in &changes {
@@ -105,9 +107,7 @@ pub async fn run(shared: Shared, services: SharedSelectors, out: Outputs) {
                 report_problem(&shared, change, problem);
             }
         }
-        shared
-            .metrics
-            .tracked(names::POD_FEED, "annotation_problems", problems.len());
+        problems_kept.set(problems.len() as i64);
         if relisted {
             if first_sync {
                 info!(pods = shared.pods.read().unwrap().len(), "pod index synced");

@@ -356,11 +356,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let metrics = shared.metrics.clone();
-    let watches = slice_watches(
-        shared.client.clone(),
-        services.store.clone(),
-        move |map, entries| metrics.tracked(names::ENDPOINTS_CONTROLLER, map, entries),
-    );
+    let watches = slice_watches(shared.client.clone(), services.store.clone(), move |map| {
+        metrics.tracked_gauge(names::ENDPOINTS_CONTROLLER, map)
+    });
     let ctx = Arc::new(Context::new(shared, watches.ours, watches.others));
     let refs = triggers.map(|key| ObjectRef::<Service>::new(&key.name).within(&key.namespace));
     let slice_refs = watches

@@ -17,6 +17,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use tracing::debug;
 
@@ -127,12 +128,12 @@ pub struct SliceWatches {
     pub feeding: BoxFuture<'static, ()>,
 }
 
-/// `report` gets each cache's size by its map name (`our_slices`,
-/// `other_slices`) after each of its watch's events.
+/// `gauge` gives the gauge each cache's size is set on, by its map name
+/// (`our_slices`, `other_slices`), after each of its watch's events.
 pub fn slice_watches(
     client: kube::Client,
     services: Store<Service>,
-    report: impl Fn(&'static str, usize) + Clone + Send + 'static,
+    gauge: impl Fn(&'static str) -> Gauge,
 ) -> SliceWatches {
     let (slice_triggers, triggered) = futures::channel::mpsc::unbounded();
     let ours = OurSlices::default();
@@ -146,13 +147,15 @@ pub fn slice_watches(
     .modify(|s| {
         s.managed_fields_mut().clear();
     });
-    let report_ours = report.clone();
+    let our_gauge = gauge("our_slices");
     let feed_ours = feed_cache(
         our_watch,
         ours.clone(),
         slice_triggers.clone(),
         |_| true,
-        move |n| report_ours("our_slices", n),
+        move |n| {
+            our_gauge.set(n as i64);
+        },
     );
     // Everyone else's slices, metadata only: enough to classify and delete
     // them, at a fraction of the bytes of whole slices. Only those under an
@@ -169,12 +172,15 @@ pub fn slice_watches(
         s.managed_fields_mut().clear();
         s.annotations_mut().clear();
     });
+    let other_gauge = gauge("other_slices");
     let feed_others = feed_cache(
         other_watch,
         others.clone(),
         slice_triggers,
         move |svc| is_opted_in(&services, svc),
-        move |n| report("other_slices", n),
+        move |n| {
+            other_gauge.set(n as i64);
+        },
     );
     SliceWatches {
         ours,

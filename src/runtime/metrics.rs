@@ -300,12 +300,18 @@ impl Metrics {
 
     /// Sets the entry count of one of `controller`'s per-object maps.
     pub fn tracked(&self, controller: &str, map: &str, entries: usize) {
+        self.tracked_gauge(controller, map).set(entries as i64);
+    }
+
+    /// The gauge of one of `controller`'s per-object maps, to hold where it
+    /// is set on every watch event (no label lookup each time).
+    pub fn tracked_gauge(&self, controller: &str, map: &str) -> Gauge {
         self.tracked_objects
             .get_or_create(&TrackedLabels {
                 controller: controller.into(),
                 map: map.into(),
             })
-            .set(entries as i64);
+            .clone()
     }
 
     pub fn slice_write(&self, verb: &str) {
