@@ -8,7 +8,10 @@
 use crate::model::{ObjectKey, PodView};
 use crate::relist::{Change, Relist};
 use kube::runtime::watcher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// One pod's before and after; `None` when it did not exist.
@@ -58,15 +61,85 @@ impl PodChange {
     }
 }
 
-/// Pod names per (label key, label value), within one namespace.
-type LabelIndex = HashMap<(String, String), BTreeSet<String>>;
+/// A pod filed by its name, within its namespace: the sets of the index
+/// hold the pod itself (8 bytes), not a copy of its name or key, and are
+/// searched by `&str` through `Borrow`.
+#[derive(Clone)]
+struct ByName(Arc<PodView>);
+
+impl Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.key.name
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key.name == other.0.key.name
+    }
+}
+
+impl Eq for ByName {}
+
+impl Hash for ByName {
+    // As `str` hashes, which `Borrow<str>` requires.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.name.as_str().hash(state)
+    }
+}
+
+impl PartialOrd for ByName {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByName {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.key.name.as_str().cmp(other.0.key.name.as_str())
+    }
+}
+
+/// A pod filed by its key, ordered as `ObjectKey` is (searched by
+/// `&ObjectKey` through `Borrow`).
+#[derive(Clone)]
+struct ByKey(Arc<PodView>);
+
+impl Borrow<ObjectKey> for ByKey {
+    fn borrow(&self) -> &ObjectKey {
+        &self.0.key
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+/// The pods per (label key, label value), within one namespace.
+type LabelIndex = HashMap<(String, String), BTreeSet<ByName>>;
 
 #[derive(Default)]
 pub struct PodIndex {
-    by_namespace: HashMap<String, HashMap<String, Arc<PodView>>>,
+    by_namespace: HashMap<String, HashSet<ByName>>,
     /// Per namespace, so that a selector costs O(pods it selects), not a scan.
     by_label: HashMap<String, LabelIndex>,
-    users: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    users: HashMap<ObjectKey, BTreeSet<ByKey>>,
     len: usize,
     relist: Relist<Arc<PodView>>,
     synced: bool,
@@ -100,17 +173,22 @@ impl PodIndex {
 
     /// Inserts or replaces a pod; None when nothing changed.
     pub fn upsert(&mut self, pod: PodView) -> Option<PodChange> {
-        let pod = Arc::new(pod);
         let slot = self
             .by_namespace
             .entry(pod.key.namespace.clone())
             .or_default();
-        let old = slot.insert(pod.key.name.clone(), pod.clone());
+        // An unchanged pod keeps its filed copy: the label and user sets
+        // hold that one, and a second would double the pod's memory.
+        if slot
+            .get(pod.key.name.as_str())
+            .is_some_and(|filed| *filed.0 == pod)
+        {
+            return None;
+        }
+        let pod = Arc::new(pod);
+        let old = slot.replace(ByName(pod.clone())).map(|old| old.0);
         if old.is_none() {
             self.len += 1;
-        }
-        if old.as_deref() == Some(&*pod) {
-            return None;
         }
         if let Some(old) = &old {
             self.unlink(old);
@@ -124,7 +202,7 @@ impl PodIndex {
 
     pub fn remove(&mut self, key: &ObjectKey) -> Option<PodChange> {
         let slot = self.by_namespace.get_mut(&key.namespace)?;
-        let old = slot.remove(&key.name)?;
+        let old = slot.take(key.name.as_str())?.0;
         if slot.is_empty() {
             self.by_namespace.remove(&key.namespace);
         }
@@ -146,27 +224,27 @@ impl PodIndex {
         let gone: Vec<ObjectKey> = self
             .by_namespace
             .values()
-            .flat_map(|pods| pods.values())
-            .filter(|p| !seen.contains_key(&p.key))
-            .map(|p| p.key.clone())
+            .flat_map(|pods| pods.iter())
+            .filter(|p| !seen.contains_key(&p.0.key))
+            .map(|p| p.0.key.clone())
             .collect();
         changes.extend(gone.iter().filter_map(|k| self.remove(k)));
         changes
     }
 
-    fn link(&mut self, pod: &PodView) {
+    fn link(&mut self, pod: &Arc<PodView>) {
         for nad in pod.nads_in_use() {
             self.users
                 .entry(nad.clone())
                 .or_default()
-                .insert(pod.key.clone());
+                .insert(ByKey(pod.clone()));
         }
         let labels = self.by_label.entry(pod.key.namespace.clone()).or_default();
         for (k, v) in pod.labels.iter() {
             labels
                 .entry((k.to_string(), v.to_string()))
                 .or_default()
-                .insert(pod.key.name.clone());
+                .insert(ByName(pod.clone()));
         }
     }
 
@@ -183,7 +261,7 @@ impl PodIndex {
             for (k, v) in pod.labels.iter() {
                 let term = (k.to_string(), v.to_string());
                 if let Some(names) = labels.get_mut(&term) {
-                    names.remove(&pod.key.name);
+                    names.remove(pod.key.name.as_str());
                     if names.is_empty() {
                         labels.remove(&term);
                     }
@@ -203,13 +281,10 @@ impl PodIndex {
         namespace: &str,
         selector: &BTreeMap<String, String>,
     ) -> Vec<&'a Arc<PodView>> {
-        let (Some(labels), Some(pods)) = (
-            self.by_label.get(namespace),
-            self.by_namespace.get(namespace),
-        ) else {
+        let Some(labels) = self.by_label.get(namespace) else {
             return Vec::new();
         };
-        let postings: Option<Vec<&BTreeSet<String>>> = selector
+        let postings: Option<Vec<&BTreeSet<ByName>>> = selector
             .iter()
             .map(|(k, v)| labels.get(&(k.clone(), v.clone())))
             .collect();
@@ -218,7 +293,7 @@ impl PodIndex {
         };
         rarest
             .iter()
-            .filter_map(|name| pods.get(name))
+            .map(|p| &p.0)
             .filter(|p| {
                 selector
                     .iter()
@@ -231,18 +306,21 @@ impl PodIndex {
     pub fn users(&self, nad: &ObjectKey) -> Vec<ObjectKey> {
         self.users
             .get(nad)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.iter().map(|p| p.0.key.clone()).collect())
             .unwrap_or_default()
     }
 
     /// The pod filed under `key`.
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<PodView>> {
-        self.by_namespace.get(&key.namespace)?.get(&key.name)
+        let pod = self.by_namespace.get(&key.namespace)?.get(key.name.as_str())?;
+        Some(&pod.0)
     }
 
     /// Every pod, in no order.
     pub fn pods(&self) -> impl Iterator<Item = &Arc<PodView>> {
-        self.by_namespace.values().flat_map(|pods| pods.values())
+        self.by_namespace
+            .values()
+            .flat_map(|pods| pods.iter().map(|p| &p.0))
     }
 
     pub fn len(&self) -> usize {
@@ -372,6 +450,21 @@ mod tests {
             !idx.by_label.contains_key("a"),
             "no empty namespaces left behind"
         );
+    }
+
+    #[test]
+    fn an_unchanged_pod_keeps_the_one_copy_every_set_holds() {
+        let mut idx = PodIndex::new();
+        idx.upsert(pod("a", "p", "n1", "Running"));
+        let filed = idx.get(&nad("a", "p")).unwrap().clone();
+        assert!(idx.upsert(pod("a", "p", "n1", "Running")).is_none());
+        let now = idx.get(&nad("a", "p")).unwrap();
+        assert!(Arc::ptr_eq(&filed, now));
+        // `filed`, the namespace's set and the NAD's user set; no stray copy.
+        assert_eq!(Arc::strong_count(now), 3);
+        idx.upsert(pod("a", "p", "n2", "Running"));
+        assert_eq!(Arc::strong_count(&filed), 1, "the old copy is let go");
+        assert_eq!(idx.users(&nad("a", "n2")), vec![nad("a", "p")]);
     }
 
     #[test]

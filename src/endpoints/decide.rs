@@ -29,9 +29,8 @@ pub fn is_ours_for(slice: &EndpointSlice, svc: &ObjectKey) -> bool {
 pub fn cached_slices(cache: &SliceCache<EndpointSlice>, svc: &ObjectKey) -> Vec<EndpointSlice> {
     cache
         .of(svc)
-        .iter()
+        .into_iter()
         .filter(|s| is_ours_for(s, svc))
-        .map(|s| (**s).clone())
         .collect()
 }
 

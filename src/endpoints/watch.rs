@@ -41,7 +41,7 @@ pub(super) async fn feed_cache<K>(
     concerns: impl Fn(&ObjectKey) -> bool,
     report: impl Fn(usize),
 ) where
-    K: kube::Resource + Clone,
+    K: kube::Resource + serde::Serialize + serde::de::DeserializeOwned,
 {
     let mut watch = std::pin::pin!(watch);
     while let Some(event) = watch.next().await {
