@@ -62,7 +62,7 @@ pub struct Context {
     /// Our last write per NAD, so a stale cache never repeats or undoes it.
     writes: Mutex<NadWrites>,
     /// The live LIST that NADs confirming their release share.
-    live: SharedList<LiveResult>,
+    live: SharedList<LiveResult, ObjectKey>,
     /// Slots for reconciles that call the API server (`API_CONCURRENCY`).
     api_slots: tokio::sync::Semaphore,
     retries: crate::runtime::retry::Retries,
