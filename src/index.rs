@@ -312,7 +312,10 @@ impl PodIndex {
 
     /// The pod filed under `key`.
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<PodView>> {
-        let pod = self.by_namespace.get(&key.namespace)?.get(key.name.as_str())?;
+        let pod = self
+            .by_namespace
+            .get(&key.namespace)?
+            .get(key.name.as_str())?;
         Some(&pod.0)
     }
 

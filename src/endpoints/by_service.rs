@@ -114,7 +114,8 @@ impl<K: ResourceExt + Serialize + DeserializeOwned> ByService<K> {
     }
 
     fn insert(&mut self, filed: Filed) {
-        self.filed_under.insert(filed.slice.clone(), filed.svc.clone());
+        self.filed_under
+            .insert(filed.slice.clone(), filed.svc.clone());
         self.by_service
             .entry(filed.svc)
             .or_default()

@@ -4,7 +4,6 @@
 
 use crate::model::pod::protocol_or_tcp;
 use crate::model::{ObjectKey, PodView};
-use crate::multus::secondary_addresses;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -95,7 +94,7 @@ pub fn desired_endpoints<'a>(
         if pod.terminal {
             continue;
         }
-        let addresses = secondary_addresses(&pod.network_status, network, &pod.key.namespace);
+        let addresses = pod.addresses_on(network);
         if addresses.is_empty() {
             continue;
         }

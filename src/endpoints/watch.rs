@@ -6,6 +6,7 @@ use super::by_service::{SliceCache, managed_slices_selector, other_slices_select
 use super::intent::{Intent, service_intent};
 use super::selecting::SharedSelectors;
 use crate::model::ObjectKey;
+use crate::names;
 use crate::relist::Departures;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -90,6 +91,10 @@ pub fn service_watch(client: kube::Client) -> ServiceWatch {
         .default_backoff()
         .modify(|s| {
             s.managed_fields_mut().clear();
+            // Only these two are ever read; kubectl's last-applied copy of
+            // the whole Service, among others, is not kept for every Service.
+            s.annotations_mut()
+                .retain(|k, _| k == names::NETWORKS_ANNOTATION || k == names::SELECTOR_ANNOTATION);
         })
         .reflect(writer)
         .inspect(move |event| {

@@ -13,7 +13,7 @@ mod status;
 pub use networks::{
     MAX_CANDIDATES, NetworkSelection, nad_candidates, parse_default_network, parse_networks,
 };
-pub use status::{NetworkStatus, parse_network_status, secondary_addresses};
+pub use status::{NetworkStatus, parse_network_status, secondary_addresses, usable_addresses};
 
 /// Bounds on what one annotation may hold; beyond them the value is rejected.
 pub mod limits {

@@ -53,9 +53,14 @@ pub fn secondary_addresses(
     entries
         .iter()
         .filter(|e| !e.default && &e.network(pod_namespace) == network)
-        .flat_map(|e| e.ips.iter())
-        .filter_map(|ip| parse_endpoint_ip(ip))
+        .flat_map(usable_addresses)
         .collect()
+}
+
+/// The addresses of one entry fit for an EndpointSlice (as
+/// `secondary_addresses` takes them), in Multus' order.
+pub fn usable_addresses(entry: &NetworkStatus) -> impl Iterator<Item = IpAddr> + '_ {
+    entry.ips.iter().filter_map(|ip| parse_endpoint_ip(ip))
 }
 
 /// An address fit for an EndpointSlice, or None. Tolerates a `/prefix` suffix.
