@@ -47,11 +47,11 @@ impl ProblemLog {
         let Some(new) = &change.new else {
             return Vec::new();
         };
-        if new.problems.is_empty() {
+        if new.problems().is_empty() {
             return Vec::new();
         }
         let seen = self.reported.entry(new.uid.clone()).or_default();
-        new.problems
+        new.problems()
             .iter()
             .filter(|p| seen.insert(p.value_hash))
             .collect()

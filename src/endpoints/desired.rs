@@ -140,10 +140,9 @@ pub fn endpoint_for(
     let serving = pod.ready;
     let terminating = pod.deleting;
     let hostname = pod
-        .hostname
-        .as_ref()
-        .filter(|h| !h.is_empty() && pod.subdomain.as_deref() == Some(svc_name))
-        .cloned();
+        .hostname()
+        .filter(|h| !h.is_empty() && pod.subdomain() == Some(svc_name))
+        .map(String::from);
     Endpoint {
         addresses: vec![ip.to_string()],
         conditions: Some(EndpointConditions {
@@ -342,8 +341,8 @@ pub(crate) mod tests {
     #[test]
     fn hostname_only_when_subdomain_is_the_service() {
         let mut p = pod("p", json!({}), &status(&["192.168.0.2"]), true);
-        p.hostname = Some("web-0".into());
-        p.subdomain = Some("hostnames".into());
+        p.extras_mut().hostname = Some("web-0".into());
+        p.extras_mut().subdomain = Some("hostnames".into());
         let ip = "192.168.0.2".parse().unwrap();
         assert_eq!(
             endpoint_for(&p, ip, "hostnames", false).hostname.as_deref(),
@@ -357,9 +356,9 @@ pub(crate) mod tests {
         let svc = service(json!({"ports": [{"name": "web", "port": 80, "targetPort": "http"}]}));
         let a = pod("a", json!({}), &status(&["192.168.0.2"]), true);
         let mut b = pod("b", json!({}), &status(&["192.168.0.3"]), true);
-        b.ports[0].container_port = 8080;
+        b.extras_mut().ports[0].container_port = 8080;
         let mut c = pod("c", json!({}), &status(&["192.168.0.4"]), true);
-        c.ports.clear();
+        c.extras_mut().ports.clear();
         let groups = desired_endpoints(&svc, &br0(), [&a, &b, &c]);
         let summary: Vec<(Vec<i32>, Vec<&str>)> = groups
             .iter()

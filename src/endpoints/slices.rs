@@ -543,7 +543,7 @@ mod tests {
                         ]),
                         ready[i],
                     );
-                    p.ports[0].container_port = 9000 + port_of[i] as i32;
+                    p.extras_mut().ports[0].container_port = 9000 + port_of[i] as i32;
                     p
                 })
                 .collect();

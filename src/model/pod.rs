@@ -200,12 +200,6 @@ pub struct PodView {
     /// The Ready condition is True.
     pub ready: bool,
     pub node_name: Option<String>,
-    pub hostname: Option<String>,
-    pub subdomain: Option<String>,
-    /// The named ports, in the order Kubernetes searches them for a
-    /// targetPort: the containers', then the native sidecars' (see
-    /// [`PodView::named_port`]).
-    pub ports: Vec<ContainerPortLite>,
     /// Every NAD the pod may be using, sorted and without duplicates: those
     /// its networks and default-network annotations name (every candidate,
     /// when a value does not parse) and those Multus reports attached in
@@ -221,7 +215,26 @@ pub struct PodView {
     /// `nads`, in Multus' order: 24 bytes an address, where the parsed
     /// entries took about 200 (see [`PodView::addresses_on`]).
     addresses: Box<[(u32, IpAddr)]>,
+    /// What most pods lack, apart: 8 bytes for a pod without any, not 96.
+    extras: Option<Box<PodExtras>>,
+}
+
+/// The parts of a pod that most pods lack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodExtras {
+    pub hostname: Option<String>,
+    pub subdomain: Option<String>,
+    /// The named ports, in the order Kubernetes searches them for a
+    /// targetPort: the containers', then the native sidecars' (see
+    /// [`PodView::named_port`]).
+    pub ports: Vec<ContainerPortLite>,
     pub problems: Vec<AnnotationProblem>,
+}
+
+impl PodExtras {
+    fn is_empty(&self) -> bool {
+        *self == PodExtras::default()
+    }
 }
 
 impl PodView {
@@ -354,13 +367,17 @@ impl PodView {
             deleting: meta.deletion_timestamp.is_some(),
             ready,
             node_name: pod.spec.node_name,
-            hostname: pod.spec.hostname,
-            subdomain: pod.spec.subdomain,
-            ports,
+
             nads,
             named: named.into_boxed_slice(),
             addresses,
-            problems,
+            extras: Some(Box::new(PodExtras {
+                hostname: pod.spec.hostname,
+                subdomain: pod.spec.subdomain,
+                ports,
+                problems,
+            }))
+            .filter(|e| !e.is_empty()),
         }
     }
 
@@ -384,10 +401,34 @@ impl PodView {
     /// Service port is then left out of this pod's endpoint, which is still
     /// published with its other ports.
     pub fn named_port(&self, name: &str, protocol: &str) -> Option<i32> {
-        self.ports
+        self.ports()
             .iter()
             .find(|p| p.name.as_deref() == Some(name) && protocol_or_tcp(&p.protocol) == protocol)
             .map(|p| p.container_port)
+    }
+
+    pub fn hostname(&self) -> Option<&str> {
+        self.extras.as_ref()?.hostname.as_deref()
+    }
+
+    pub fn subdomain(&self) -> Option<&str> {
+        self.extras.as_ref()?.subdomain.as_deref()
+    }
+
+    /// The named ports (see [`PodExtras::ports`]).
+    pub fn ports(&self) -> &[ContainerPortLite] {
+        self.extras.as_ref().map_or(&[], |e| &e.ports)
+    }
+
+    /// Its annotations that did not parse.
+    pub fn problems(&self) -> &[AnnotationProblem] {
+        self.extras.as_ref().map_or(&[], |e| &e.problems)
+    }
+
+    /// For tests that shape a pod by hand.
+    #[cfg(test)]
+    pub fn extras_mut(&mut self) -> &mut PodExtras {
+        self.extras.get_or_insert_with(Default::default)
     }
 
     /// The usable addresses this pod has on `network`, in the order Multus
@@ -494,7 +535,7 @@ mod tests {
                 ObjectKey::new("kube-system", "calico")
             ]
         );
-        assert!(pod.problems.is_empty());
+        assert!(pod.problems().is_empty());
     }
 
     #[test]
@@ -516,9 +557,9 @@ mod tests {
                 ObjectKey::new("ns", "x")
             ]
         );
-        assert_eq!(pod.problems.len(), 1);
-        assert_eq!(pod.problems[0].held, vec![ObjectKey::new("ns", "x")]);
-        assert_eq!(pod.problems[0].annotation, names::NETWORKS_ANNOTATION);
+        assert_eq!(pod.problems().len(), 1);
+        assert_eq!(pod.problems()[0].held, vec![ObjectKey::new("ns", "x")]);
+        assert_eq!(pod.problems()[0].annotation, names::NETWORKS_ANNOTATION);
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn plan(input: PlanInput, max_per_slice: usize) -> Report {
     let mut index = PodIndex::new();
     let mut warnings = Vec::new();
     for view in pods {
-        for p in &view.problems {
+        for p in view.problems() {
             warnings.push(Warning {
                 reason: reasons::INVALID_NETWORK_ANNOTATION.into(),
                 object: format!("Pod {}", view.key),
