@@ -1,7 +1,8 @@
 # Static (musl) release build in a minimal non-root image.
 #   docker build -t k8s-net-attach-def-controller:dev .
 FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+# make: jemalloc (tikv-jemallocator) is built from its C sources.
+RUN apk add --no-cache musl-dev make
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
