@@ -18,8 +18,8 @@ use tracing::{error, info};
 
 /// jemalloc, not the platform's malloc: at 50,000 pods it holds the same
 /// heap in 99 MiB of anonymous memory where glibc's held 123 MiB (glibc
-/// keeps freed pages in per-thread arenas), and the image's musl malloc is
-/// slower still under threads (docs/benchmarks.md, Memory choices).
+/// keeps freed pages in per-thread arenas); the static image would otherwise
+/// get musl's, widely reported slow under threads (docs/benchmarks.md).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
