@@ -1,15 +1,17 @@
 //! Desired-state computation at scale: 10,000 pods behind 1,000 Services
 //! (10 pods each, 10 namespaces), on one core. Measures the pure functions a
 //! full resync runs: intent, desired endpoints, slice planning (first sight
-//! and steady state), and the pod index build.
+//! and steady state), the pod index build, and reading every Service's
+//! slices back from the slice cache, which keeps them as JSON.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nadc::endpoints::by_service::SliceCache;
 use nadc::endpoints::decide::decide_service;
 use nadc::endpoints::slices::apply_plan;
 use nadc::index::PodIndex;
-use nadc::model::{PodLite, PodView};
+use nadc::model::{ObjectKey, PodLite, PodView};
 use serde_json::json;
 use std::hint::black_box;
 
@@ -94,6 +96,28 @@ fn bench(c: &mut Criterion) {
             }
             assert_eq!(writes, 0);
             black_box(writes)
+        })
+    });
+    // What a reconcile reads first: its Service's slices, decoded from the
+    // cache's JSON (names made unique, as the API server's would be).
+    let slices: Vec<EndpointSlice> = current
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut s = s.clone();
+            s.metadata.name = Some(format!("slice-{i}"));
+            s
+        })
+        .collect();
+    let total = slices.len();
+    let cache = SliceCache::synced(slices);
+    let keys: Vec<ObjectKey> = services.iter().map(ObjectKey::of).collect();
+    group.bench_function("slice cache: every Service's slices decoded", |b| {
+        b.iter(|| {
+            let n: usize = keys.iter().map(|k| cache.of(k).len()).sum();
+            assert_eq!(n, total);
+            black_box(n)
         })
     });
     group.finish();
