@@ -358,6 +358,12 @@ impl PodView {
             .collect();
         ports.shrink_to_fit();
         let labels = Labels::from(meta.labels.unwrap_or_default());
+        let extras = PodExtras {
+            hostname: pod.spec.hostname,
+            subdomain: pod.spec.subdomain,
+            ports,
+            problems,
+        };
 
         PodView {
             key: ObjectKey::new(namespace, meta.name.unwrap_or_default()),
@@ -371,13 +377,7 @@ impl PodView {
             nads,
             named: named.into_boxed_slice(),
             addresses,
-            extras: Some(Box::new(PodExtras {
-                hostname: pod.spec.hostname,
-                subdomain: pod.spec.subdomain,
-                ports,
-                problems,
-            }))
-            .filter(|e| !e.is_empty()),
+            extras: (!extras.is_empty()).then(|| Box::new(extras)),
         }
     }
 
@@ -578,6 +578,25 @@ mod tests {
             ["10.1.0.1".parse::<IpAddr>().unwrap()]
         );
         assert!(pod.ready && !pod.terminal);
+    }
+
+    #[test]
+    fn a_pod_without_hostname_ports_or_problems_keeps_no_extras() {
+        let plain = PodView::new(
+            lite(serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}})),
+            "kube-system",
+        );
+        assert!(plain.extras.is_none());
+        assert_eq!((plain.hostname(), plain.ports().len()), (None, 0));
+        let named = PodView::new(
+            lite(
+                serde_json::json!({"metadata": {"name": "p", "namespace": "ns"},
+                                    "spec": {"hostname": "h", "containers": []}}),
+            ),
+            "kube-system",
+        );
+        assert_eq!(named.hostname(), Some("h"));
+        assert!(named.extras.is_some());
     }
 
     #[test]
