@@ -141,7 +141,7 @@ pub struct PodIndex {
     by_label: HashMap<String, LabelIndex>,
     users: HashMap<ObjectKey, BTreeSet<ByKey>>,
     len: usize,
-    relist: Relist<Arc<PodView>>,
+    relist: Relist<PodView>,
     synced: bool,
 }
 
@@ -155,7 +155,7 @@ impl PodIndex {
     /// the difference from the previous state, so pods deleted while the
     /// watch was down are noticed.
     pub fn apply_watcher_event(&mut self, event: watcher::Event<PodView>) -> Vec<PodChange> {
-        match self.relist.feed(event, Arc::new) {
+        match self.relist.feed(event, std::convert::identity) {
             Change::Buffered => Vec::new(),
             Change::Relisted(listed) => {
                 self.synced = true;
@@ -214,12 +214,12 @@ impl PodIndex {
         })
     }
 
-    fn replace_all(&mut self, listed: Vec<Arc<PodView>>) -> Vec<PodChange> {
+    fn replace_all(&mut self, listed: Vec<PodView>) -> Vec<PodChange> {
         let mut seen: HashMap<ObjectKey, ()> = HashMap::with_capacity(listed.len());
         let mut changes = Vec::new();
         for pod in listed {
             seen.insert(pod.key.clone(), ());
-            changes.extend(self.upsert(Arc::unwrap_or_clone(pod)));
+            changes.extend(self.upsert(pod));
         }
         let gone: Vec<ObjectKey> = self
             .by_namespace

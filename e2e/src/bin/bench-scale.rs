@@ -467,29 +467,20 @@ async fn main() -> anyhow::Result<()> {
     // the operator's watch, the slice's write to ours) plus the operator.
     let probe_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let probes: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &t.ns);
-    probes
-        .create(
-            &Default::default(),
-            &serde_json::from_value(
-                json!({"metadata": {"name": "bench-probe"}, "data": {"v": "0"}}),
-            )?,
-        )
-        .await
-        .context("create the probe ConfigMap")?;
     // The relay: what the operator's path costs the API server alone. On
     // each new value of the probe, this process writes it to a second
     // ConfigMap at once and times until a watch of that one sees it: a
     // write reaching a watch, a write in answer, and that reaching a watch,
     // as a pod change reaches its slice, with no work in between.
-    probes
-        .create(
-            &Default::default(),
-            &serde_json::from_value(
-                json!({"metadata": {"name": "bench-relay"}, "data": {"v": "0"}}),
-            )?,
-        )
-        .await
-        .context("create the relay ConfigMap")?;
+    for name in ["bench-probe", "bench-relay"] {
+        probes
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}, "data": {"v": "0"}}))?,
+            )
+            .await
+            .with_context(|| format!("create the {name} ConfigMap"))?;
+    }
     let relay_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let probe_record = probe_seen.clone();
     let relay_api = probes.clone();
